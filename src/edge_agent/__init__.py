@@ -1,0 +1,1 @@
+"""The edge runtime: sources, campaigns, batcher, spool, uplink, live state, clock, health."""

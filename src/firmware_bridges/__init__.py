@@ -1,0 +1,1 @@
+"""Device protocols (sans-IO parsers), serial/CAN transports and device simulators."""

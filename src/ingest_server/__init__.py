@@ -1,0 +1,1 @@
+"""The server: ingest, archive, index, acks, live state, hazards, checks, scenarios, clips."""
