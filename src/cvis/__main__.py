@@ -1,0 +1,5 @@
+import sys
+
+from cvis.cli import main
+
+sys.exit(main())
