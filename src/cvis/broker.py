@@ -182,7 +182,10 @@ class ManagedBroker:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
-                err = self._proc.stderr.read(4096).decode(errors="replace") if self._proc.stderr else ""
+                err = ""
+                if self._proc.stderr:
+                    err = self._proc.stderr.read(4096).decode(errors="replace")
+                    self._proc.stderr.close()
                 self._proc = None
                 raise BrokerError(f"mosquitto exited at start: {err.strip() or self._log_tail()}")
             if port_accepts(self.host, self.port):

@@ -11,15 +11,17 @@ from types import FrameType
 from cvis.broker import BrokerError, ManagedBroker, TlsFiles
 
 
-def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg]
+def register(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("broker", help="run a managed Mosquitto broker for cvis")
     p.add_argument("--port", type=int, default=None, help="TCP port (default: a free one)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1)")
-    p.add_argument("--data-dir", type=Path, default=None, help="config, persistence and log (default: a temp dir)")
+    p.add_argument("--data-dir", type=Path, default=None,
+                   help="config, persistence and log (default: a temp dir)")
     p.add_argument("--cafile", type=Path, help="TLS: CA certificate that signs client certificates")
     p.add_argument("--certfile", type=Path, help="TLS: server certificate")
     p.add_argument("--keyfile", type=Path, help="TLS: server key")
-    p.add_argument("--acl-file", type=Path, help="Mosquitto ACL file (for example pattern readwrite cvis/v1/%%u/#)")
+    p.add_argument("--acl-file", type=Path,
+                   help="Mosquitto ACL file (for example: pattern readwrite cvis/v1/%%u/#)")
     p.add_argument("--password-file", type=Path, help="Mosquitto password file; disables anonymous access")
     p.set_defaults(func=run)
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import io
 import threading
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -130,7 +130,7 @@ def train_dictionary(samples: list[bytes], size: int = 16 * 1024) -> bytes:
     if len(samples) < 8:
         raise ValidationError(f"need at least 8 samples to train a dictionary, got {len(samples)}")
     try:
-        return zstandard.train_dictionary(size, samples).as_bytes()
+        return zstandard.train_dictionary(size, list[bytes | bytearray | memoryview](samples)).as_bytes()
     except zstandard.ZstdError as exc:
         raise ValidationError(f"zstd dictionary training failed: {exc}") from exc
 
@@ -239,8 +239,3 @@ def decompress(
         return b"".join(chunks)
     except zstandard.ZstdError as exc:
         raise DecodeError(f"corrupt zstd frame: {exc}") from exc
-
-
-def dict_ids_used(batches: Iterable[Mapping[str, Any]]) -> set[int]:
-    """Dictionary ids referenced by a set of decoded envelopes (for tooling)."""
-    return {b["dict"] for b in batches if b.get("dict") is not None}

@@ -285,6 +285,7 @@ class TableSchema:
                 assert isinstance(c, Categorical)
                 out[col] = {"c": list(c.categories), "i": pack_ints(c.codes)}
             else:
+                assert isinstance(c, list)
                 out[col] = list(c)
         return out
 

@@ -15,6 +15,7 @@ Time sync uses four timestamps, as NTP does: the agent sends ``t1`` on
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from wire import codec
 from wire.errors import DecodeError, SchemaError, TopicError, ValidationError
@@ -25,7 +26,7 @@ CONTROL_VERSION = 1
 MAX_ACK_RANGES = 4096
 
 
-def _check_version(obj: object, what: str) -> dict:  # type: ignore[type-arg]
+def _check_version(obj: object, what: str) -> dict[str, Any]:
     if not isinstance(obj, dict):
         raise DecodeError(f"{what} is not a map")
     v = obj.get("v")
@@ -36,7 +37,7 @@ def _check_version(obj: object, what: str) -> dict:  # type: ignore[type-arg]
     return obj
 
 
-def _int(obj: dict, key: str, what: str) -> int:  # type: ignore[type-arg]
+def _int(obj: dict[str, Any], key: str, what: str) -> int:
     val = obj.get(key)
     if not isinstance(val, int) or isinstance(val, bool):
         raise DecodeError(f"{what}: {key!r} must be an integer")

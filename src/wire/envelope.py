@@ -27,7 +27,17 @@ import zlib
 from dataclasses import dataclass
 from typing import Any
 
-from wire import codec
+from wire.codec import (
+    CODEC_ZSTD,
+    CODECS,
+    DEFAULT_LEVEL,
+    NO_DICTIONARIES,
+    Dictionaries,
+    compress,
+    decompress,
+    pack,
+    unpack,
+)
 from wire.columns import Table, TableSchema
 from wire.errors import DecodeError, LimitError, SchemaError, TopicError, ValidationError
 from wire.limits import DEFAULT_LIMITS, Limits
@@ -81,7 +91,7 @@ class Batch:
                 raise ValidationError(f"{name}={v} is outside int64")
         if self.count and self.last_ns < self.first_ns:
             raise ValidationError("last_ns before first_ns")
-        if self.codec not in codec.CODECS:
+        if self.codec not in CODECS:
             raise ValidationError(f"unknown codec {self.codec!r}")
 
     @property
@@ -89,7 +99,7 @@ class Batch:
         return f"{self.schema}/{self.schema_version}"
 
     def encode(self) -> bytes:
-        return codec.pack(
+        return pack(
             {
                 "v": list(self.version),
                 "agent": self.agent,
@@ -114,7 +124,7 @@ class Batch:
         """Parse and check an envelope; the payload stays encoded (see :meth:`table`)."""
         if len(data) > limits.max_encoded_bytes:
             raise LimitError(f"batch of {len(data)} bytes exceeds {limits.max_encoded_bytes}")
-        obj = codec.unpack(data, limits)
+        obj = unpack(data, limits)
         if not isinstance(obj, dict):
             raise DecodeError("batch envelope is not a map")
         v = obj.get("v")
@@ -125,7 +135,9 @@ class Batch:
         ):
             raise DecodeError(f"batch envelope has no valid format version (v={v!r})")
         if v[0] != FORMAT_VERSION[0]:
-            raise SchemaError(f"unsupported envelope major version {v[0]} (this end speaks {FORMAT_VERSION[0]})")
+            raise SchemaError(
+                f"unsupported envelope major version {v[0]} (this end speaks {FORMAT_VERSION[0]})"
+            )
         try:
             tq = TimeQuality(_field(obj, "tq", int))
         except ValueError:
@@ -155,16 +167,16 @@ class Batch:
             raise DecodeError(f"batch envelope: {exc}") from exc
 
     def table(
-        self, limits: Limits = DEFAULT_LIMITS, dicts: codec.Dictionaries = codec.NO_DICTIONARIES
+        self, limits: Limits = DEFAULT_LIMITS, dicts: Dictionaries = NO_DICTIONARIES
     ) -> Table:
         """Decode and verify the payload: checksum, schema, count and time range."""
         if self.count > limits.max_records:
             raise LimitError(f"batch declares {self.count} records, limit {limits.max_records}")
         schema = get_schema(self.schema, self.schema_version)
-        raw = codec.decompress(self.payload, self.codec, dict_id=self.dict_id, dicts=dicts, limits=limits)
+        raw = decompress(self.payload, self.codec, dict_id=self.dict_id, dicts=dicts, limits=limits)
         if zlib.crc32(raw) != self.crc32:
             raise DecodeError(f"payload checksum mismatch in {self.agent}/{self.stream} seq {self.seq}")
-        table = schema.decode(codec.unpack(raw, limits), limits)
+        table = schema.decode(unpack(raw, limits), limits)
         if table.n != self.count:
             raise SchemaError(f"envelope says {self.count} records, payload holds {table.n}")
         if table.n:
@@ -191,14 +203,14 @@ def encode_batch(
     *,
     clock_offset_ns: int = 0,
     time_quality: TimeQuality = TimeQuality.FREE_RUNNING,
-    codec_name: str = codec.CODEC_ZSTD,
+    codec_name: str = CODEC_ZSTD,
     dict_id: int | None = None,
-    dicts: codec.Dictionaries = codec.NO_DICTIONARIES,
-    level: int = codec.DEFAULT_LEVEL,
+    dicts: Dictionaries = NO_DICTIONARIES,
+    level: int = DEFAULT_LEVEL,
 ) -> Batch:
     """Encode a table into a :class:`Batch` (call ``.encode()`` for the bytes)."""
     schema: TableSchema = table.schema
-    raw = codec.pack(schema.encode(table))
+    raw = pack(schema.encode(table))
     if table.n:
         t = table.columns[schema.time_column]
         first, last = int(t.min()), int(t.max())  # type: ignore[union-attr]
@@ -218,5 +230,5 @@ def encode_batch(
         codec=codec_name,
         dict_id=dict_id,
         crc32=zlib.crc32(raw),
-        payload=codec.compress(raw, codec_name, dict_id=dict_id, dicts=dicts, level=level),
+        payload=compress(raw, codec_name, dict_id=dict_id, dicts=dicts, level=level),
     )

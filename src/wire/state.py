@@ -129,7 +129,8 @@ class State:
                 brake=Brake(brake & 0x3F),
                 length_m=length / 100,
                 width_m=width / 100,
-                vehicle_class=VehicleClass(vclass) if vclass in VehicleClass._value2member_map_ else VehicleClass.UNKNOWN,
+                vehicle_class=(VehicleClass(vclass) if vclass in VehicleClass._value2member_map_
+                               else VehicleClass.UNKNOWN),
                 pos_accuracy_m=float("nan") if pacc == 65535 else pacc / 100,
             )
         except ValidationError as exc:

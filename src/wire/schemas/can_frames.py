@@ -153,27 +153,39 @@ class CanFramesSchema(TableSchema):
         assert isinstance(channel, Categorical)
         ids = np.asarray(table.columns["arbitration_id"])
         flags = np.asarray(table.columns["flags"])
+        dlc = np.asarray(table.columns["dlc"])
         data: list[bytes] = table.columns["data"]  # type: ignore[assignment]
-        uniq, id_codes = np.unique(ids, return_inverse=True)
-        lengths = np.fromiter(map(len, data), dtype=np.int64, count=n)
+        key = _group_key(channel.codes, flags, ids)
+        _, first, codes = np.unique(key, return_index=True, return_inverse=True)
+        lengths = _lengths(flags, dlc)
         width = int(lengths.max()) if n else 0
         matrix = _pad(data, lengths, width)
-        key = _group_key(channel.codes, flags, ids)
-        order = np.argsort(key, kind="stable")
+        order = np.argsort(codes, kind="stable")
         m = matrix[order]
         d = m.copy()
-        ks = key[order]
+        ks = codes[order]
         same = np.flatnonzero(ks[1:] == ks[:-1]) + 1
         d[same] -= m[same - 1]
-        return {
+        out: dict[str, Any] = {
             "n": n,
-            "timestamp_ns": pack_ints(table.columns["timestamp_ns"], delta=True),  # type: ignore[arg-type]
-            "channel": {"c": list(channel.categories), "i": pack_ints(channel.codes)},
-            "arbitration_id": {"u": pack_ints(uniq), "i": pack_ints(id_codes)},
-            "flags": pack_ints(flags),
-            "dlc": pack_ints(np.asarray(table.columns["dlc"])),
-            "data": {"w": width, "len": pack_ints(lengths), "d": d.T.tobytes()},
+            "ch": list(channel.categories),
+            "keys": {
+                "ch": pack_ints(channel.codes[first], delta=True),
+                "id": pack_ints(ids[first], delta=True),
+                "fl": pack_ints(flags[first]),
+                "dlc": pack_ints(dlc[first]),
+            },
+            "k": pack_ints(codes),
+            "t": pack_ints(table.columns["timestamp_ns"], delta=True),  # type: ignore[arg-type]
+            "w": width,
+            "d": d.T.tobytes(),
         }
+        # Flags and DLC are nearly always constant per id; send them per frame only if not.
+        if not np.array_equal(flags, flags[first][codes]):
+            out["fl"] = pack_ints(flags)
+        if not np.array_equal(dlc, dlc[first][codes]):
+            out["dlc"] = pack_ints(dlc)
+        return out
 
     def decode(self, obj: Any, limits: Limits) -> Table:
         if not isinstance(obj, dict):
@@ -184,53 +196,51 @@ class CanFramesSchema(TableSchema):
         if n > limits.max_records:
             raise LimitError(f"can.frames/1: {n} frames exceed the limit of {limits.max_records}")
         try:
-            ts = unpack_ints(obj["timestamp_ns"], n, np.dtype(np.int64), delta=True, name="timestamp_ns")
-            ch = obj["channel"]
-            cats = ch["c"]
+            cats = obj["ch"]
             if not isinstance(cats, list) or any(
                 not isinstance(c, str) or len(c) > limits.max_string_chars for c in cats
             ):
                 raise SchemaError("can.frames/1: bad channel names")
-            ch_codes = unpack_ints(ch["i"], n, np.dtype(np.int32), delta=False, name="channel")
-            ida = obj["arbitration_id"]
-            uniq = unpack_ints(ida["u"], _packed_count(ida["u"]), np.dtype(np.uint32), delta=False,
-                               name="arbitration_id")
-            id_codes = unpack_ints(ida["i"], n, np.dtype(np.int64), delta=False, name="arbitration_id")
-            flags = unpack_ints(obj["flags"], n, np.dtype(np.uint8), delta=False, name="flags")
-            dlc = unpack_ints(obj["dlc"], n, np.dtype(np.uint8), delta=False, name="dlc")
-            dat = obj["data"]
-            width = dat["w"]
-            lengths = unpack_ints(dat["len"], n, np.dtype(np.int64), delta=False, name="data")
-            planes = dat["d"]
+            keys = obj["keys"]
+            nk = _packed_count(keys["id"]) + (1 if n else 0)
+            if nk > max(n, 0):
+                raise SchemaError("can.frames/1: more keys than frames")
+            k_ch = unpack_ints(keys["ch"], nk, np.dtype(np.int32), delta=True, name="channel")
+            k_id = unpack_ints(keys["id"], nk, np.dtype(np.uint32), delta=True, name="arbitration_id")
+            k_fl = unpack_ints(keys["fl"], nk, np.dtype(np.uint8), delta=False, name="flags")
+            k_dlc = unpack_ints(keys["dlc"], nk, np.dtype(np.uint8), delta=False, name="dlc")
+            codes = unpack_ints(obj["k"], n, np.dtype(np.int64), delta=False, name="key")
+            ts = unpack_ints(obj["t"], n, np.dtype(np.int64), delta=True, name="timestamp_ns")
+            width = obj["w"]
+            planes = obj["d"]
+            if n and (codes.min() < 0 or codes.max() >= nk):
+                raise SchemaError("can.frames/1: key code out of range")
+            flags = (unpack_ints(obj["fl"], n, np.dtype(np.uint8), delta=False, name="flags")
+                     if "fl" in obj else k_fl[codes])
+            dlc = (unpack_ints(obj["dlc"], n, np.dtype(np.uint8), delta=False, name="dlc")
+                   if "dlc" in obj else k_dlc[codes])
         except (KeyError, TypeError) as exc:
             raise SchemaError(f"can.frames/1: malformed payload ({exc!r})") from exc
-        if n and (ch_codes.min() < 0 or ch_codes.max() >= len(cats)):
+        if nk and (k_ch.min() < 0 or k_ch.max() >= len(cats)):
             raise SchemaError("can.frames/1: channel code out of range")
-        if n and (id_codes.min() < 0 or id_codes.max() >= len(uniq)):
-            raise SchemaError("can.frames/1: id code out of range")
         if not isinstance(width, int) or not 0 <= width <= 64:
             raise SchemaError(f"can.frames/1: bad payload width {width!r}")
-        if n and (lengths.min() < 0 or lengths.max() > width):
-            raise SchemaError("can.frames/1: payload length out of range")
         if not isinstance(planes, bytes) or len(planes) != n * width:
             raise SchemaError("can.frames/1: payload bytes do not match width x frames")
         if n and (int(dlc.max()) > 15 or int(flags.max()) > _ALL_FLAGS):
             raise SchemaError("can.frames/1: DLC or flags out of range")
-        ids = uniq[id_codes]
-        if n:
-            fd_len = np.asarray(FD_LENGTHS, dtype=np.int64)[dlc]
-            expect = np.where(
-                flags & FD, fd_len, np.where(flags & REMOTE, 0, np.minimum(dlc, 8).astype(np.int64))
-            )
-            if not np.array_equal(expect, lengths):
-                raise SchemaError("can.frames/1: payload length does not match DLC")
-            max_id = np.where(flags & EXTENDED, 0x1FFFFFFF, 0x7FF)
-            if np.any(ids > max_id):
-                raise SchemaError("can.frames/1: arbitration id out of range")
-        key = _group_key(ch_codes, flags, ids)
-        order = np.argsort(key, kind="stable")
+        ids = k_id[codes]
+        ch_codes = k_ch[codes]
+        lengths = _lengths(flags, dlc)
+        if n and int(lengths.max()) > width:
+            raise SchemaError("can.frames/1: DLC longer than the payload width")
+        if n and np.any(ids > np.where(flags & EXTENDED, 0x1FFFFFFF, 0x7FF)):
+            raise SchemaError("can.frames/1: arbitration id out of range")
+        if n and not np.array_equal(_group_key(ch_codes, flags, ids), _group_key(k_ch, k_fl, k_id)[codes]):
+            raise SchemaError("can.frames/1: per-frame flags contradict the key table")
+        order = np.argsort(codes, kind="stable")
         d = np.frombuffer(planes, dtype=np.uint8).reshape(width, n).T
-        ks = key[order]
+        ks = codes[order]
         csum = np.cumsum(d, axis=0, dtype=np.uint8)
         starts = np.ones(n, dtype=bool)
         starts[1:] = ks[1:] != ks[:-1]
@@ -240,7 +250,6 @@ class CanFramesSchema(TableSchema):
         base[has_prev] = csum[first[has_prev] - 1]
         m = np.empty_like(csum)
         m[order] = csum - base
-        data = _unpad(m, lengths)
         return Table(
             self,
             {
@@ -249,9 +258,16 @@ class CanFramesSchema(TableSchema):
                 "arbitration_id": ids,
                 "flags": flags,
                 "dlc": dlc,
-                "data": data,
+                "data": _unpad(m, lengths),
             },
         )
+
+
+def _lengths(flags: np.ndarray, dlc: np.ndarray) -> np.ndarray:
+    """Payload length of each frame, from its DLC and flags."""
+    fd_len = np.asarray(FD_LENGTHS, dtype=np.int64)[np.minimum(dlc, 15)]
+    classic = np.minimum(dlc, 8).astype(np.int64)
+    return np.where(flags & FD, fd_len, np.where(flags & REMOTE, 0, classic))
 
 
 def _packed_count(obj: Any) -> int:
@@ -284,6 +300,8 @@ def _pad(data: list[bytes], lengths: np.ndarray, width: int) -> np.ndarray:
 def _unpad(m: np.ndarray, lengths: np.ndarray) -> list[bytes]:
     n, width = m.shape
     buf = m.tobytes()
+    if width == 0:
+        return [b""] * n
     if n and int(lengths.min()) == width:
         return [buf[i : i + width] for i in range(0, n * width, width)]
     return [buf[i * width : i * width + ln] for i, ln in enumerate(lengths.tolist())]
