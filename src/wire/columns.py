@@ -10,7 +10,6 @@ it is lossless.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -25,6 +24,9 @@ INT_KINDS = {"i1": np.int8, "i2": np.int16, "i4": np.int32, "i8": np.int64,
 FLOAT_KINDS = {"f4": np.float32, "f8": np.float64}
 OTHER_KINDS = ("str", "bytes", "obj")
 _NARROW = [np.dtype(t) for t in ("<i1", "<u1", "<i2", "<u2", "<i4", "<u4", "<i8")]
+_NARROW_RANGES = [(dt, int(np.iinfo(dt).min), int(np.iinfo(dt).max)) for dt in _NARROW]
+_RANGES = {np.dtype(t): (int(np.iinfo(t).min), int(np.iinfo(t).max))
+           for t in (np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32)}
 
 
 @dataclass(frozen=True, slots=True)
@@ -38,6 +40,8 @@ class Categorical:
     def from_values(cls, values: Iterable[str]) -> Categorical:
         index: dict[str, int] = {}
         codes = [index.setdefault(v, len(index)) for v in values]
+        if any(type(k) is not str for k in index):
+            raise TypeError("expected text values")
         return cls(tuple(index), np.asarray(codes, dtype=np.int32))
 
     def values(self) -> list[str]:
@@ -55,9 +59,8 @@ class Categorical:
 
 
 def _narrowest(lo: int, hi: int) -> np.dtype:
-    for dt in _NARROW:
-        info = np.iinfo(dt)
-        if info.min <= lo and hi <= info.max:
+    for dt, dmin, dmax in _NARROW_RANGES:
+        if dmin <= lo and hi <= dmax:
             return dt
     return np.dtype("<i8")
 
@@ -114,8 +117,8 @@ def unpack_ints(obj: Any, n: int, dtype: np.dtype, *, delta: bool, name: str) ->
         if len(v) and (v.min() < 0 or v.max() > 1):
             raise SchemaError(f"column {name!r}: boolean out of range")
         return v.astype(np.bool_)
-    info = np.iinfo(dtype)
-    if len(v) and (v.min() < info.min or v.max() > info.max):
+    lo, hi = _RANGES[np.dtype(dtype)]
+    if len(v) and (v.min() < lo or v.max() > hi):
         raise SchemaError(f"column {name!r}: value out of range for {np.dtype(dtype)}")
     return v.astype(dtype)
 
@@ -245,12 +248,13 @@ class TableSchema:
             if kind == "str":
                 if isinstance(values, Categorical):
                     return values
-                vals = list(values)
-                if any(not isinstance(v, str) for v in vals):
-                    raise TypeError("expected text")
-                return Categorical.from_values(vals)
+                return Categorical.from_values(values)
             if kind == "bytes":
-                vals = [bytes(v) for v in values]
+                vals = list(values)
+                if set(map(type, vals)) - {bytes}:
+                    if any(not isinstance(v, bytes | bytearray | memoryview) for v in vals):
+                        raise TypeError("expected bytes values")
+                    vals = list(map(bytes, vals))
                 return vals
             return list(values)
         except (TypeError, ValueError, OverflowError) as exc:
@@ -330,17 +334,17 @@ class TableSchema:
 
 
 def _int_array(values: Any, dtype: type) -> np.ndarray:
-    if isinstance(values, np.ndarray) and values.dtype.kind in "iub":
-        arr = values
-    else:
-        vals = list(values)
-        for v in vals:
-            if isinstance(v, float) and not math.isfinite(v):
-                raise ValueError(f"{v} is not an integer")
-        arr = np.asarray(vals, dtype=np.int64) if vals else np.zeros(0, dtype=np.int64)
+    arr = values if isinstance(values, np.ndarray) else np.asarray(list(values))
+    if arr.dtype.kind not in "iub":
+        if len(arr) == 0:
+            arr = arr.astype(np.int64)
+        elif arr.dtype.kind == "O":
+            raise ValueError("values do not fit a 64-bit integer")
+        else:
+            raise ValueError(f"expected integers, got {arr.dtype}")
     if dtype is np.bool_:
         return arr.astype(np.bool_)
-    info = np.iinfo(dtype)
-    if len(arr) and (int(arr.min()) < info.min or int(arr.max()) > info.max):
+    lo, hi = _RANGES[np.dtype(dtype)]
+    if len(arr) and (int(arr.min()) < lo or int(arr.max()) > hi):
         raise ValueError(f"value out of range for {np.dtype(dtype)}")
     return arr.astype(dtype, copy=False)
