@@ -64,7 +64,7 @@ def events(parser: Parser[T_co]) -> Iterator[T_co]:
         ev = parser.next_event()
         if ev is NEED_DATA:
             return
-        yield ev  # type: ignore[misc]
+        yield ev
 
 
 def parse_all(parser: Parser[Any], data: bytes, chunk: int = 4096) -> list[Any]:
