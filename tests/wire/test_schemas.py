@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import gzip
-import re
 from pathlib import Path
 
 import numpy as np
@@ -11,6 +9,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from firmware_bridges.candump import read_candump
 from tests.wire.strategies import INT64, can_frames, records
 from wire import Batch, Limits, TimeQuality, encode_batch
 from wire.codec import Dictionaries, pack, train_dictionary
@@ -108,24 +107,9 @@ def test_unknown_schema_version_is_rejected() -> None:
         Batch.decode(other.encode()).table()
 
 
-_LINE = re.compile(r"\((\d+)\.(\d+)\) (\S+) ([0-9A-F]+)#([0-9A-F]*)")
-
-
-def _real_frames(path: Path) -> list[CanFrame]:
-    out = []
-    with gzip.open(path, "rt") as f:
-        for line in f:
-            m = _LINE.match(line)
-            assert m, line
-            sec, frac, ch, cid, data = m.groups()
-            out.append(CanFrame.make(int(sec) * 10**9 + int(frac.ljust(9, "0")), ch, int(cid, 16),
-                                     bytes.fromhex(data), is_extended=len(cid) > 3))
-    return out
-
-
 @pytest.fixture(scope="module")
 def rav4_frames(shared_data: Path) -> list[CanFrame]:
-    return _real_frames(shared_data / "can" / "toyota_rav4_comma2k19_seg40.log.gz")
+    return list(read_candump(shared_data / "can" / "toyota_rav4_comma2k19_seg40.log.gz"))
 
 
 def test_real_can_log_round_trips_in_100ms_batches_and_beats_row_msgpack(rav4_frames) -> None:  # type: ignore[no-untyped-def]
