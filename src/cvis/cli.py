@@ -19,6 +19,7 @@ from cvis import __version__
 #: Modules that register subcommands, in --help order.
 COMMAND_MODULES = [
     "cvis.broker_cli",
+    "firmware_bridges.cli",
 ]
 
 
