@@ -123,10 +123,16 @@ class CanDecoder:
 
             self.parser = SlcanParser(channel or "slcan0")
         self.signals: Any = None
+        self.tracks: Any = None
         if dbc is not None:
+            from firmware_bridges.can_objects import ToyotaTrackDecoder
             from firmware_bridges.can_signals import SignalDecoder, load_dbc
 
-            self.signals = SignalDecoder(load_dbc(dbc), channels=dbc_channels or None)
+            db = load_dbc(dbc)
+            self.signals = SignalDecoder(db, channels=dbc_channels or None)
+            if any(m.name.startswith("TRACK_A_") for m in db.messages):
+                # A radar DBC: also emit the object list as radar.objects records.
+                self.tracks = ToyotaTrackDecoder(db)
 
     def _drain(self) -> Iterator[Any]:
         sig = self.signals
@@ -135,6 +141,8 @@ class CanDecoder:
                 yield ev
                 if sig is not None:
                     yield from sig.decode(ev)
+                if self.tracks is not None:
+                    yield from self.tracks.decode(ev)
             else:
                 self.replies["ok" if getattr(ev, "ok", False) else "bell"] += 1
 
@@ -146,7 +154,10 @@ class CanDecoder:
         flush = getattr(self.parser, "flush", None)
         if flush is not None:
             flush()
-        return list(self._drain())
+        out = list(self._drain())
+        if self.tracks is not None:
+            out.extend(self.tracks.flush())
+        return out
 
     def counters(self) -> dict[str, dict[str, int]]:
         out = {self.protocol: self.parser.stats.as_dict()}
@@ -156,6 +167,8 @@ class CanDecoder:
             stats = self.signals.stats
             out["signals"] = _stats_dict(stats)
             out["signals"]["decode_errors"] = sum(stats.decode_errors.values())
+        if self.tracks is not None:
+            out["radar tracks"] = _stats_dict(self.tracks.stats)
         return out
 
 

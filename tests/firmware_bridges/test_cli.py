@@ -61,6 +61,17 @@ def test_parse_candump_log_prints_every_frame_and_the_counters(shared_data: Path
     assert "frames=135468 bad_checksum=0 truncated=0 skipped_bytes=0" in err
 
 
+def test_parse_candump_with_the_radar_dbc_adds_radar_objects(shared_data: Path) -> None:
+    code, records, err = cvis_parse(shared_data / CAN_LOG, "--dbc", shared_data / "can/toyota_adas.dbc")
+    assert code == 0, err
+    objects = [r for r in records if r["schema"] == "radar.objects"]
+    assert len(objects) == 19200  # 16 track slots, 1200 TRACK_A/B pairs each
+    assert {r["object_id"] for r in objects} == set(range(16))
+    valid = [r for r in objects if r["valid"]]
+    assert valid and all(0 < r["x"] < 255 for r in valid)
+    assert "radar tracks:" in err
+
+
 def test_parse_candump_with_dbc_adds_vehicle_signals(shared_data: Path) -> None:
     code, records, err = cvis_parse(
         shared_data / CAN_LOG, "--dbc", shared_data / "can/toyota_new_mc_pt_generated.dbc",
