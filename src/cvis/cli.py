@@ -20,6 +20,7 @@ from cvis import __version__
 COMMAND_MODULES = [
     "cvis.broker_cli",
     "firmware_bridges.cli",
+    "ingest_server.cli",
 ]
 
 

@@ -1,0 +1,1 @@
+"""The MCAP archive: segment writer (foxglove-sdk), reader and slicer (mcap), crash recovery."""

@@ -1,0 +1,536 @@
+"""How each wire record schema is stored in MCAP: a schema Foxglove can display, and its messages.
+
+One MCAP channel per agent and stream, topic ``/{agent}/{stream}``. Log time is the capture
+time corrected by the batch's clock offset (server time); the original capture time (agent
+clock) is kept in every message, as said below.
+
+==================  ====================  ==================================================
+wire schema         MCAP schema           messages
+==================  ====================  ==================================================
+camera.jpeg/1       foxglove.             one per frame; ``timestamp`` = capture time,
+                    CompressedImage       ``frame_id`` = camera name, ``format`` = ``jpeg``
+gnss.fix/1          foxglove.LocationFix  one per fix; ``timestamp`` = capture time; the
+                                          fields LocationFix lacks (receiver UTC time, fix
+                                          quality, satellites, HDOP, speed, course, accuracy)
+                                          are in ``metadata`` as exact text
+radar.objects/1     foxglove.SceneUpdate  one per scan (records sharing a timestamp): a cube
+                                          per object in the sensor frame, every field of the
+                                          record in the entity's ``metadata``
+roadside.objects/1  foxglove.SceneUpdate  as radar, positioned in metres east/north of the
+                                          south-west corner of the object's live-plane tile
+                                          (frame ``tile/<tile>``), exact WGS84 in metadata
+vehicle.signals/1   JSON ``cvis.Vehicle   one per sample time: ``{"capture_ns": t, "values":
+                    Signals``             {name: value}}``; Foxglove plots
+                                          ``/a/signals.values.SPEED``. NaN and infinities
+                                          are stored as null
+can.frames/1        protobuf              one per batch, see below; lossless
+                    ``cvis.CanFrames``
+any other           JSON ``cvis.<name>``  one per record, every field; bytes as base64,
+                                          non-finite floats as null
+==================  ====================  ==================================================
+
+``cvis.CanFrames`` (proto3, packed) holds a whole ``can.frames/1`` batch column by column, so
+a 100 ms batch of a few hundred frames is one MCAP message and the archive keeps every bit
+(export reproduces a candump ``-L`` log exactly)::
+
+    message CanFrames {
+      string agent = 1;
+      string stream = 2;
+      uint64 seq = 3;                      // the batch's seq number
+      sfixed64 clock_offset_ns = 4;        // server time = capture time + offset
+      uint32 time_quality = 5;             // wire.envelope.TimeQuality
+      repeated string channel_names = 6;   // bus names, e.g. can0
+      repeated sfixed64 timestamp_ns = 7;  // capture time per frame, UTC ns, agent clock
+      repeated uint32 channel = 8;         // index into channel_names, per frame
+      repeated fixed32 arbitration_id = 9;
+      bytes flags = 10;                    // can.frames/1 flag bits, one byte per frame
+      bytes dlc = 11;                      // raw DLC, one byte per frame
+      bytes length = 12;                   // payload bytes per frame
+      bytes data = 13;                     // payloads, concatenated
+    }
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import math
+import struct
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+from typing import Any
+
+import numpy as np
+from foxglove import Schema
+from foxglove.messages import (
+    CompressedImage,
+    CubePrimitive,
+    Duration,
+    KeyValuePair,
+    LocationFix,
+    LocationFixPositionCovarianceType,
+    Pose,
+    Quaternion,
+    SceneEntity,
+    SceneUpdate,
+    Timestamp,
+    Vector3,
+)
+
+from ingest_server.errors import ArchiveError
+from wire.columns import Categorical, Table
+from wire.envelope import Batch
+from wire.errors import WireError
+from wire.schemas import CAN_FRAMES, SCHEMAS
+from wire.topics import TILE_DEG, tile_of
+
+CAN_SCHEMA_NAME = "cvis.CanFrames"
+SIGNALS_SCHEMA_NAME = "cvis.VehicleSignals"
+#: Objects shown for this long after their scan unless a newer scan replaces them.
+OBJECT_LIFETIME_NS = 200_000_000
+_EARTH_M_PER_DEG = 111_320.0
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelSpec:
+    """The MCAP schema and message encoding of one wire schema."""
+
+    schema: Schema
+    message_encoding: str
+
+
+def channel_topic(agent: str, stream: str) -> str:
+    return f"/{agent}/{stream}"
+
+
+# Minimal protobuf wire encoding ----------------------------------------------------------
+
+
+def _varint(n: int) -> bytes:
+    if n < 0:
+        n += 1 << 64
+    out = bytearray()
+    while True:
+        b = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(b | 0x80)
+        else:
+            out.append(b)
+            return bytes(out)
+
+
+def _key(field: int, wire_type: int) -> bytes:
+    return _varint((field << 3) | wire_type)
+
+
+def _len_field(field: int, data: bytes) -> bytes:
+    return _key(field, 2) + _varint(len(data)) + data
+
+
+def _packed_varints(values: np.ndarray) -> bytes:
+    if not len(values) or int(values.max()) < 0x80:
+        return values.astype(np.uint8).tobytes()
+    return b"".join(_varint(int(v)) for v in values.tolist())
+
+
+def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(buf) or shift > 63:
+            raise ArchiveError("cvis.CanFrames: truncated or overlong varint")
+        b = buf[pos]
+        pos += 1
+        result |= (b & 0x7F) << shift
+        if not b & 0x80:
+            return result, pos
+        shift += 7
+
+
+def _descriptor_field(name: str, number: int, type_: int, repeated: bool = False) -> bytes:
+    parts = (
+        _len_field(1, name.encode())
+        + _key(3, 0) + _varint(number)
+        + _key(4, 0) + _varint(3 if repeated else 1)
+        + _key(5, 0) + _varint(type_)
+    )
+    json_name = name.split("_")[0] + "".join(p.title() for p in name.split("_")[1:])
+    return parts + _len_field(10, json_name.encode())
+
+
+# FieldDescriptorProto.Type values.
+_T_UINT64, _T_FIXED32, _T_STRING, _T_BYTES, _T_UINT32, _T_SFIXED64 = 4, 7, 9, 12, 13, 16
+
+_CAN_FIELDS = (
+    ("agent", 1, _T_STRING, False),
+    ("stream", 2, _T_STRING, False),
+    ("seq", 3, _T_UINT64, False),
+    ("clock_offset_ns", 4, _T_SFIXED64, False),
+    ("time_quality", 5, _T_UINT32, False),
+    ("channel_names", 6, _T_STRING, True),
+    ("timestamp_ns", 7, _T_SFIXED64, True),
+    ("channel", 8, _T_UINT32, True),
+    ("arbitration_id", 9, _T_FIXED32, True),
+    ("flags", 10, _T_BYTES, False),
+    ("dlc", 11, _T_BYTES, False),
+    ("length", 12, _T_BYTES, False),
+    ("data", 13, _T_BYTES, False),
+)
+
+
+_TAG_SEQ, _TAG_OFFSET, _TAG_QUALITY = _key(3, 0), _key(4, 1), _key(5, 0)
+_TAG_TIMESTAMPS, _TAG_CHANNEL, _TAG_IDS, _TAG_FLAGS, _TAG_DLC, _TAG_LENGTH, _TAG_DATA = (
+    _key(n, 2) for n in range(7, 14))
+
+
+def can_descriptor() -> bytes:
+    """The serialized ``FileDescriptorSet`` of ``cvis.CanFrames`` (the MCAP schema data)."""
+    message = _len_field(1, b"CanFrames") + b"".join(
+        _len_field(2, _descriptor_field(*f)) for f in _CAN_FIELDS
+    )
+    file = (
+        _len_field(1, b"cvis/can_frames.proto")
+        + _len_field(2, b"cvis")
+        + _len_field(4, message)
+        + _len_field(12, b"proto3")
+    )
+    return _len_field(1, file)
+
+
+def encode_can_frames(batch: Batch, table: Table) -> bytes:
+    """One ``cvis.CanFrames`` message holding every frame of a can.frames/1 batch."""
+    cols = table.columns
+    channel = cols["channel"]
+    assert isinstance(channel, Categorical)
+    data: list[bytes] = cols["data"]  # type: ignore[assignment]
+    lengths = np.fromiter(map(len, data), dtype=np.uint8, count=table.n)
+    out = [
+        _len_field(1, batch.agent.encode()),
+        _len_field(2, batch.stream.encode()),
+        _TAG_SEQ, _varint(batch.seq),
+        _TAG_OFFSET, struct.pack("<q", batch.clock_offset_ns),
+        _TAG_QUALITY, _varint(int(batch.time_quality)),
+    ]
+    out += [_len_field(6, c.encode()) for c in channel.categories]
+    for tag, blob in (
+        (_TAG_TIMESTAMPS, np.asarray(cols["timestamp_ns"], dtype="<i8").tobytes()),
+        (_TAG_CHANNEL, _packed_varints(channel.codes)),
+        (_TAG_IDS, np.asarray(cols["arbitration_id"], dtype="<u4").tobytes()),
+        (_TAG_FLAGS, np.asarray(cols["flags"], dtype=np.uint8).tobytes()),
+        (_TAG_DLC, np.asarray(cols["dlc"], dtype=np.uint8).tobytes()),
+        (_TAG_LENGTH, lengths.tobytes()),
+        (_TAG_DATA, b"".join(data)),
+    ):
+        out += (tag, _varint(len(blob)), blob)
+    return b"".join(out)
+
+
+@dataclass(frozen=True, slots=True)
+class CanFramesMessage:
+    """A decoded ``cvis.CanFrames`` message."""
+
+    agent: str
+    stream: str
+    seq: int
+    clock_offset_ns: int
+    time_quality: int
+    table: Table
+
+
+def decode_can_frames(buf: bytes) -> CanFramesMessage:
+    """Parse a ``cvis.CanFrames`` message back into a can.frames/1 table (checked)."""
+    scalars: dict[int, int] = {}
+    blobs: dict[int, bytes] = {}
+    names: list[str] = []
+    pos = 0
+    while pos < len(buf):
+        key, pos = _read_varint(buf, pos)
+        field, wt = key >> 3, key & 7
+        if wt == 0:
+            scalars[field], pos = _read_varint(buf, pos)
+        elif wt == 1:
+            if pos + 8 > len(buf):
+                raise ArchiveError("cvis.CanFrames: truncated fixed64")
+            scalars[field] = struct.unpack_from("<q", buf, pos)[0]
+            pos += 8
+        elif wt == 2:
+            n, pos = _read_varint(buf, pos)
+            if pos + n > len(buf):
+                raise ArchiveError("cvis.CanFrames: field runs past the message")
+            chunk = buf[pos : pos + n]
+            pos += n
+            if field == 6:
+                names.append(chunk.decode("utf-8", errors="strict"))
+            else:
+                blobs[field] = blobs.get(field, b"") + chunk
+        else:
+            raise ArchiveError(f"cvis.CanFrames: unexpected wire type {wt}")
+    ts = np.frombuffer(blobs.get(7, b""), dtype="<i8").astype(np.int64)
+    n = len(ts)
+    chan_raw = blobs.get(8, b"")
+    if len(chan_raw) == n:
+        chan = np.frombuffer(chan_raw, dtype=np.uint8).astype(np.int32)
+    else:
+        vals = []
+        p = 0
+        while p < len(chan_raw):
+            v, p = _read_varint(chan_raw, p)
+            vals.append(v)
+        chan = np.asarray(vals, dtype=np.int32)
+    lengths = np.frombuffer(blobs.get(12, b""), dtype=np.uint8).astype(np.int64)
+    payload = blobs.get(13, b"")
+    if len(lengths) != n or int(lengths.sum()) != len(payload) or len(chan) != n:
+        raise ArchiveError("cvis.CanFrames: column lengths disagree")
+    ends = np.cumsum(lengths).tolist()
+    starts = [0, *ends[:-1]]
+    data = [payload[a:b] for a, b in zip(starts, ends, strict=True)]
+    try:
+        table = CAN_FRAMES.from_columns(
+            timestamp_ns=ts,
+            channel=Categorical(tuple(names), chan),
+            arbitration_id=np.frombuffer(blobs.get(9, b""), dtype="<u4").astype(np.uint32),
+            flags=np.frombuffer(blobs.get(10, b""), dtype=np.uint8),
+            dlc=np.frombuffer(blobs.get(11, b""), dtype=np.uint8),
+            data=data,
+        )
+    except WireError as exc:
+        raise ArchiveError(f"cvis.CanFrames: {exc}") from exc
+    if any(len(table.columns[c]) != n for c in ("arbitration_id", "flags", "dlc")):
+        raise ArchiveError("cvis.CanFrames: column lengths disagree")
+    if n and (int(chan.max()) >= len(names) or int(chan.min()) < 0):
+        raise ArchiveError("cvis.CanFrames: channel index out of range")
+    return CanFramesMessage(
+        agent=blobs.get(1, b"").decode(), stream=blobs.get(2, b"").decode(),
+        seq=scalars.get(3, 0), clock_offset_ns=scalars.get(4, 0),
+        time_quality=scalars.get(5, 0), table=table,
+    )
+
+
+# Helpers ---------------------------------------------------------------------------------
+
+
+def _stamp(ns: int) -> Timestamp:
+    sec, nsec = divmod(ns, 1_000_000_000)
+    return Timestamp(sec, nsec)
+
+
+def _finite(v: float) -> float | None:
+    return v if math.isfinite(v) else None
+
+
+def _exact(v: Any) -> str:
+    return repr(float(v)) if isinstance(v, float) else str(v)
+
+
+def _kv(rec: Any, skip: tuple[str, ...] = ()) -> list[KeyValuePair]:
+    return [KeyValuePair(key=f.name, value=_exact(getattr(rec, f.name)))
+            for f in fields(rec) if f.name not in skip]
+
+
+def _json_value(v: Any) -> Any:
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, bytes | bytearray):
+        return base64.b64encode(v).decode()
+    if isinstance(v, dict):
+        return {str(k): _json_value(x) for k, x in v.items()}
+    if isinstance(v, list | tuple):
+        return [_json_value(x) for x in v]
+    return v
+
+
+def _json_schema(name: str, properties: dict[str, Any]) -> Schema:
+    body = {"title": name, "type": "object", "properties": properties}
+    return Schema(name=name, encoding="jsonschema", data=json.dumps(body).encode())
+
+
+_JSON_TYPES = {"str": "string", "bytes": "string", "obj": {}, "f4": "number", "f8": "number",
+               "bool": "boolean"}
+
+
+def _record_schema(schema_key: str) -> Schema:
+    wire = SCHEMAS[schema_key]
+    props: dict[str, Any] = {}
+    for col, kind in wire.columns.items():
+        t = _JSON_TYPES.get(kind, "integer")
+        props[col] = t if isinstance(t, dict) else {"type": t}
+        if kind in ("f4", "f8"):
+            props[col] = {"type": ["number", "null"]}
+        if kind == "bytes":
+            props[col] = {"type": "string", "contentEncoding": "base64"}
+    return _json_schema(f"cvis.{wire.name}", props)
+
+
+# Converters: (batch, table) -> [(message bytes, log time)] ---------------------------------
+
+Messages = list[tuple[bytes, int]]
+
+
+def _can(batch: Batch, table: Table) -> Messages:
+    if not table.n:
+        return []
+    return [(encode_can_frames(batch, table), batch.first_ns + batch.clock_offset_ns)]
+
+
+def _camera(batch: Batch, table: Table) -> Messages:
+    off = batch.clock_offset_ns
+    cam = table.columns["camera"]
+    assert isinstance(cam, Categorical)
+    out = []
+    jpegs: list[bytes] = table.columns["jpeg"]  # type: ignore[assignment]
+    for ts, name, jpeg in zip(table.columns["timestamp_ns"].tolist(), cam.values(),  # type: ignore[union-attr]
+                              jpegs, strict=True):
+        msg = CompressedImage(timestamp=_stamp(ts), frame_id=name, data=jpeg, format="jpeg")
+        out.append((msg.encode(), ts + off))
+    return out
+
+
+def _gnss(batch: Batch, table: Table) -> Messages:
+    off = batch.clock_offset_ns
+    out = []
+    for rec in table.records():
+        h, v = rec.h_acc_m, rec.v_acc_m
+        if math.isfinite(h) and math.isfinite(v):
+            cov = [h * h, 0.0, 0.0, 0.0, h * h, 0.0, 0.0, 0.0, v * v]
+            kind = LocationFixPositionCovarianceType.DiagonalKnown
+        else:
+            cov = [0.0] * 9
+            kind = LocationFixPositionCovarianceType.Unknown
+        msg = LocationFix(
+            timestamp=_stamp(rec.timestamp_ns), frame_id=batch.agent, latitude=rec.lat,
+            longitude=rec.lon, altitude=rec.alt_m if math.isfinite(rec.alt_m) else 0.0,
+            position_covariance=cov, position_covariance_type=kind,
+            metadata=_kv(rec, skip=("timestamp_ns", "lat", "lon")),
+        )
+        out.append((msg.encode(), rec.timestamp_ns + off))
+    return out
+
+
+def _by_time(records: list[Any]) -> list[tuple[int, list[Any]]]:
+    groups: dict[int, list[Any]] = {}
+    for r in records:
+        groups.setdefault(r.timestamp_ns, []).append(r)
+    return list(groups.items())
+
+
+def _radar_objects(batch: Batch, table: Table) -> Messages:
+    off = batch.clock_offset_ns
+    out = []
+    for ts, recs in _by_time(table.records()):
+        ents = [
+            SceneEntity(
+                timestamp=_stamp(ts), frame_id=r.sensor, id=f"{r.sensor}/{r.object_id}",
+                lifetime=Duration(0, OBJECT_LIFETIME_NS), metadata=_kv(r),
+                cubes=[CubePrimitive(
+                    pose=Pose(position=Vector3(x=float(r.x), y=float(r.y), z=0.75),
+                              orientation=Quaternion(w=1.0)),
+                    size=Vector3(x=max(float(r.length), 0.1) if math.isfinite(r.length) else 1.0,
+                                 y=max(float(r.width), 0.1) if math.isfinite(r.width) else 1.0,
+                                 z=1.5),
+                )],
+            )
+            for r in recs
+        ]
+        out.append((SceneUpdate(entities=ents).encode(), ts + off))
+    return out
+
+
+def _roadside_objects(batch: Batch, table: Table) -> Messages:
+    off = batch.clock_offset_ns
+    out = []
+    for ts, recs in _by_time(table.records()):
+        ents = []
+        for r in recs:
+            try:
+                tile = tile_of(r.lat, r.lon)
+            except WireError:
+                tile = "invalid"
+            lat0 = math.floor(r.lat / TILE_DEG) * TILE_DEG if tile != "invalid" else 0.0
+            lon0 = math.floor(r.lon / TILE_DEG) * TILE_DEG if tile != "invalid" else 0.0
+            east = (r.lon - lon0) * _EARTH_M_PER_DEG * math.cos(math.radians(lat0))
+            north = (r.lat - lat0) * _EARTH_M_PER_DEG
+            yaw = math.radians(90.0 - r.heading_deg) if math.isfinite(r.heading_deg) else 0.0
+            ents.append(SceneEntity(
+                timestamp=_stamp(ts), frame_id=f"tile/{tile}", id=f"{batch.agent}/{r.object_id}",
+                lifetime=Duration(0, OBJECT_LIFETIME_NS), metadata=_kv(r),
+                cubes=[CubePrimitive(
+                    pose=Pose(position=Vector3(x=east if math.isfinite(east) else 0.0,
+                                               y=north if math.isfinite(north) else 0.0, z=0.75),
+                              orientation=Quaternion(z=math.sin(yaw / 2), w=math.cos(yaw / 2))),
+                    size=Vector3(x=r.length_m if r.length_m > 0 else 1.0,
+                                 y=r.width_m if r.width_m > 0 else 1.0, z=1.5),
+                )],
+            ))
+        out.append((SceneUpdate(entities=ents).encode(), ts + off))
+    return out
+
+
+def _signals(batch: Batch, table: Table) -> Messages:
+    off = batch.clock_offset_ns
+    names = table.columns["name"]
+    assert isinstance(names, Categorical)
+    # JSON text built directly (a batch holds hundreds of samples): names are JSON-quoted once,
+    # a finite float's repr is valid JSON, anything else is null.
+    keys = [json.dumps(n) for n in names.categories]
+    groups: dict[int, list[str]] = {}
+    for ts, code, value in zip(table.columns["timestamp_ns"].tolist(),  # type: ignore[union-attr]
+                               names.codes.tolist(), table.columns["value"].tolist(),  # type: ignore[union-attr]
+                               strict=True):
+        text = repr(value) if math.isfinite(value) else "null"
+        groups.setdefault(ts, []).append(f"{keys[code]}:{text}")
+    return [
+        (f'{{"capture_ns":{ts},"values":{{{",".join(vals)}}}}}'.encode(), ts + off)
+        for ts, vals in groups.items()
+    ]
+
+
+def _records(batch: Batch, table: Table) -> Messages:
+    off = batch.clock_offset_ns
+    out = []
+    for rec in table.records():
+        body = {f.name: _json_value(getattr(rec, f.name)) for f in fields(rec)}
+        out.append((json.dumps(body, allow_nan=False).encode(), rec.timestamp_ns + off))
+    return out
+
+
+_CONVERTERS: dict[str, Callable[[Batch, Table], Messages]] = {
+    "can.frames/1": _can,
+    "camera.jpeg/1": _camera,
+    "gnss.fix/1": _gnss,
+    "radar.objects/1": _radar_objects,
+    "roadside.objects/1": _roadside_objects,
+    "vehicle.signals/1": _signals,
+}
+
+_SPECS: dict[str, ChannelSpec] = {}
+
+
+def channel_spec(schema_key: str) -> ChannelSpec:
+    """The MCAP schema and encoding for a wire schema key such as ``can.frames/1``."""
+    spec = _SPECS.get(schema_key)
+    if spec is None:
+        if schema_key == "can.frames/1":
+            spec = ChannelSpec(Schema(name=CAN_SCHEMA_NAME, encoding="protobuf",
+                                      data=can_descriptor()), "protobuf")
+        elif schema_key == "camera.jpeg/1":
+            spec = ChannelSpec(CompressedImage.get_schema(), "protobuf")
+        elif schema_key == "gnss.fix/1":
+            spec = ChannelSpec(LocationFix.get_schema(), "protobuf")
+        elif schema_key in ("radar.objects/1", "roadside.objects/1"):
+            spec = ChannelSpec(SceneUpdate.get_schema(), "protobuf")
+        elif schema_key == "vehicle.signals/1":
+            spec = ChannelSpec(_json_schema(SIGNALS_SCHEMA_NAME, {
+                "capture_ns": {"type": "integer"},
+                "values": {"type": "object", "additionalProperties": {"type": ["number", "null"]}},
+            }), "json")
+        elif schema_key in SCHEMAS:
+            spec = ChannelSpec(_record_schema(schema_key), "json")
+        else:
+            raise ArchiveError(f"no MCAP mapping for schema {schema_key}")
+        _SPECS[schema_key] = spec
+    return spec
+
+
+def to_messages(batch: Batch, table: Table) -> Messages:
+    """The MCAP messages of one validated batch, as ``(data, log_time_ns)`` pairs."""
+    return _CONVERTERS.get(batch.schema_key, _records)(batch, table)

@@ -1,0 +1,109 @@
+"""Fixtures for the ingest server tests: an index on SQLite or on a fresh PostgreSQL schema,
+a server config pointing at the session broker, and an in-process worker."""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+from cvis.broker import ManagedBroker
+from ingest_server.config import ServerConfig, build_config
+from ingest_server.worker import IngestWorker
+
+PG_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+
+
+def pg_schema_url(schema: str) -> str:
+    return f"{PG_URL}?options=-csearch_path%3D{schema}"
+
+
+@pytest.fixture
+def pg_url() -> Iterator[str]:
+    """A PostgreSQL URL whose search_path is a fresh schema, dropped after the test."""
+    schema = f"cvis_t_{uuid.uuid4().hex[:12]}"
+    admin = sa.create_engine(PG_URL)
+    try:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
+    except sa.exc.OperationalError as exc:
+        admin.dispose()
+        pytest.fail(f"PostgreSQL at {PG_URL} is not reachable: {exc}")
+    try:
+        yield pg_schema_url(schema)
+    finally:
+        with admin.begin() as conn:
+            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def index_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'index.sqlite'}"
+    return str(request.getfixturevalue("pg_url"))
+
+
+def private_broker(broker: ManagedBroker) -> dict[str, object]:
+    """Broker settings private to one test: the session broker keeps persistent sessions, and a
+    stale worker session in the same share group would take its turn of every message."""
+    tag = uuid.uuid4().hex[:8]
+    return {"url": broker.url, "client_id_prefix": f"test-{tag}", "share_group": f"g{tag}",
+            "session_expiry_s": 5}
+
+
+def make_config(data_dir: Path, broker: ManagedBroker, index_url: str | None = None,
+                **overrides: object) -> ServerConfig:
+    data: dict[str, object] = {"data_dir": str(data_dir), "broker": private_broker(broker)}
+    if index_url:
+        data["index_url"] = index_url
+    for k, v in overrides.items():
+        section, _, key = k.partition("__")
+        if key:
+            data.setdefault(section, {})[key] = v  # type: ignore[index]
+        else:
+            data[section] = v
+    return build_config(data, env={})
+
+
+class ThreadedWorker:
+    """An IngestWorker running in a thread of the test process (stop it with ``stop()``)."""
+
+    def __init__(self, config: ServerConfig, worker: int = 0) -> None:
+        self.worker = IngestWorker(config, worker)
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.error: BaseException | None = None
+
+    def start(self, timeout: float = 10.0) -> ThreadedWorker:
+        self.worker.start()
+        self._thread = threading.Thread(target=self._run, name="ingest-worker")
+        self._thread.start()
+        if not self.worker.connected.wait(timeout):
+            self.stop()
+            raise AssertionError("ingest worker did not connect to the broker")
+        return self
+
+    def _run(self) -> None:
+        try:
+            self.worker.run(self._stop)
+        except BaseException as exc:
+            self.error = exc
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(30)
+        self.worker.close(flush=self.error is None)
+        if self.error is not None:
+            raise self.error
+
+    def __enter__(self) -> ThreadedWorker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
