@@ -21,6 +21,8 @@ COMMAND_MODULES = [
     "cvis.broker_cli",
     "firmware_bridges.cli",
     "ingest_server.cli",
+    "ingest_server.hazards.cli",
+    "cvis.simulate.cli",
 ]
 
 
