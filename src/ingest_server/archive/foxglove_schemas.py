@@ -55,7 +55,6 @@ from __future__ import annotations
 import base64
 import json
 import math
-import struct
 from collections.abc import Callable
 from dataclasses import dataclass, fields
 from typing import Any
@@ -76,6 +75,8 @@ from foxglove.messages import (
     Timestamp,
     Vector3,
 )
+from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
+from google.protobuf.message import DecodeError
 
 from ingest_server.errors import ArchiveError
 from wire.columns import Categorical, Table
@@ -103,98 +104,55 @@ def channel_topic(agent: str, stream: str) -> str:
     return f"/{agent}/{stream}"
 
 
-# Minimal protobuf wire encoding ----------------------------------------------------------
+# cvis.CanFrames, built with the protobuf library from its descriptor ----------------------
 
+_FD = descriptor_pb2.FieldDescriptorProto
 
-def _varint(n: int) -> bytes:
-    if n < 0:
-        n += 1 << 64
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(b | 0x80)
-        else:
-            out.append(b)
-            return bytes(out)
-
-
-def _key(field: int, wire_type: int) -> bytes:
-    return _varint((field << 3) | wire_type)
-
-
-def _len_field(field: int, data: bytes) -> bytes:
-    return _key(field, 2) + _varint(len(data)) + data
-
-
-def _packed_varints(values: np.ndarray) -> bytes:
-    if not len(values) or int(values.max()) < 0x80:
-        return values.astype(np.uint8).tobytes()
-    return b"".join(_varint(int(v)) for v in values.tolist())
-
-
-def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(buf) or shift > 63:
-            raise ArchiveError("cvis.CanFrames: truncated or overlong varint")
-        b = buf[pos]
-        pos += 1
-        result |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return result, pos
-        shift += 7
-
-
-def _descriptor_field(name: str, number: int, type_: int, repeated: bool = False) -> bytes:
-    parts = (
-        _len_field(1, name.encode())
-        + _key(3, 0) + _varint(number)
-        + _key(4, 0) + _varint(3 if repeated else 1)
-        + _key(5, 0) + _varint(type_)
-    )
-    json_name = name.split("_")[0] + "".join(p.title() for p in name.split("_")[1:])
-    return parts + _len_field(10, json_name.encode())
-
-
-# FieldDescriptorProto.Type values.
-_T_UINT64, _T_FIXED32, _T_STRING, _T_BYTES, _T_UINT32, _T_SFIXED64 = 4, 7, 9, 12, 13, 16
-
+#: (name, number, type, repeated): the fields of ``cvis.CanFrames`` (see the module docstring).
 _CAN_FIELDS = (
-    ("agent", 1, _T_STRING, False),
-    ("stream", 2, _T_STRING, False),
-    ("seq", 3, _T_UINT64, False),
-    ("clock_offset_ns", 4, _T_SFIXED64, False),
-    ("time_quality", 5, _T_UINT32, False),
-    ("channel_names", 6, _T_STRING, True),
-    ("timestamp_ns", 7, _T_SFIXED64, True),
-    ("channel", 8, _T_UINT32, True),
-    ("arbitration_id", 9, _T_FIXED32, True),
-    ("flags", 10, _T_BYTES, False),
-    ("dlc", 11, _T_BYTES, False),
-    ("length", 12, _T_BYTES, False),
-    ("data", 13, _T_BYTES, False),
+    ("agent", 1, _FD.TYPE_STRING, False),
+    ("stream", 2, _FD.TYPE_STRING, False),
+    ("seq", 3, _FD.TYPE_UINT64, False),
+    ("clock_offset_ns", 4, _FD.TYPE_SFIXED64, False),
+    ("time_quality", 5, _FD.TYPE_UINT32, False),
+    ("channel_names", 6, _FD.TYPE_STRING, True),
+    ("timestamp_ns", 7, _FD.TYPE_SFIXED64, True),
+    ("channel", 8, _FD.TYPE_UINT32, True),
+    ("arbitration_id", 9, _FD.TYPE_FIXED32, True),
+    ("flags", 10, _FD.TYPE_BYTES, False),
+    ("dlc", 11, _FD.TYPE_BYTES, False),
+    ("length", 12, _FD.TYPE_BYTES, False),
+    ("data", 13, _FD.TYPE_BYTES, False),
 )
 
 
-_TAG_SEQ, _TAG_OFFSET, _TAG_QUALITY = _key(3, 0), _key(4, 1), _key(5, 0)
-_TAG_TIMESTAMPS, _TAG_CHANNEL, _TAG_IDS, _TAG_FLAGS, _TAG_DLC, _TAG_LENGTH, _TAG_DATA = (
-    _key(n, 2) for n in range(7, 14))
+def _can_file() -> descriptor_pb2.FileDescriptorProto:
+    file = descriptor_pb2.FileDescriptorProto(
+        name="cvis/can_frames.proto", package="cvis", syntax="proto3")
+    message = file.message_type.add(name="CanFrames")
+    for name, number, type_, repeated in _CAN_FIELDS:
+        # proto3 packs repeated scalars by default; json_name as protoc would set it.
+        first, *rest = name.split("_")
+        message.field.add(
+            name=name, number=number, type=type_,
+            label=_FD.LABEL_REPEATED if repeated else _FD.LABEL_OPTIONAL,
+            json_name=first + "".join(p.title() for p in rest),
+        )
+    return file
+
+
+_CAN_FILE = _can_file()
+# A private pool: nothing else registering a file or message of the same name can clash.
+_CAN_POOL = descriptor_pool.DescriptorPool()
+_CAN_POOL.Add(_CAN_FILE)
+#: The message class of ``cvis.CanFrames`` (typed Any: its fields are made at run time).
+_CanFrames: Any = message_factory.GetMessageClass(_CAN_POOL.FindMessageTypeByName(CAN_SCHEMA_NAME))
+_CAN_DESCRIPTOR_SET = descriptor_pb2.FileDescriptorSet(file=[_CAN_FILE]).SerializeToString()
 
 
 def can_descriptor() -> bytes:
     """The serialized ``FileDescriptorSet`` of ``cvis.CanFrames`` (the MCAP schema data)."""
-    message = _len_field(1, b"CanFrames") + b"".join(
-        _len_field(2, _descriptor_field(*f)) for f in _CAN_FIELDS
-    )
-    file = (
-        _len_field(1, b"cvis/can_frames.proto")
-        + _len_field(2, b"cvis")
-        + _len_field(4, message)
-        + _len_field(12, b"proto3")
-    )
-    return _len_field(1, file)
+    return _CAN_DESCRIPTOR_SET
 
 
 def encode_can_frames(batch: Batch, table: Table) -> bytes:
@@ -204,25 +162,23 @@ def encode_can_frames(batch: Batch, table: Table) -> bytes:
     assert isinstance(channel, Categorical)
     data: list[bytes] = cols["data"]  # type: ignore[assignment]
     lengths = np.fromiter(map(len, data), dtype=np.uint8, count=table.n)
-    out = [
-        _len_field(1, batch.agent.encode()),
-        _len_field(2, batch.stream.encode()),
-        _TAG_SEQ, _varint(batch.seq),
-        _TAG_OFFSET, struct.pack("<q", batch.clock_offset_ns),
-        _TAG_QUALITY, _varint(int(batch.time_quality)),
-    ]
-    out += [_len_field(6, c.encode()) for c in channel.categories]
-    for tag, blob in (
-        (_TAG_TIMESTAMPS, np.asarray(cols["timestamp_ns"], dtype="<i8").tobytes()),
-        (_TAG_CHANNEL, _packed_varints(channel.codes)),
-        (_TAG_IDS, np.asarray(cols["arbitration_id"], dtype="<u4").tobytes()),
-        (_TAG_FLAGS, np.asarray(cols["flags"], dtype=np.uint8).tobytes()),
-        (_TAG_DLC, np.asarray(cols["dlc"], dtype=np.uint8).tobytes()),
-        (_TAG_LENGTH, lengths.tobytes()),
-        (_TAG_DATA, b"".join(data)),
-    ):
-        out += (tag, _varint(len(blob)), blob)
-    return b"".join(out)
+    msg = _CanFrames(
+        agent=batch.agent,
+        stream=batch.stream,
+        seq=batch.seq,
+        clock_offset_ns=batch.clock_offset_ns,
+        time_quality=int(batch.time_quality),
+        channel_names=channel.categories,
+        timestamp_ns=cols["timestamp_ns"].tolist(),  # type: ignore[union-attr]
+        channel=channel.codes.tolist(),
+        arbitration_id=cols["arbitration_id"].tolist(),  # type: ignore[union-attr]
+        flags=np.asarray(cols["flags"], dtype=np.uint8).tobytes(),
+        dlc=np.asarray(cols["dlc"], dtype=np.uint8).tobytes(),
+        length=lengths.tobytes(),
+        data=b"".join(data),
+    )
+    out: bytes = msg.SerializeToString()
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,70 +195,39 @@ class CanFramesMessage:
 
 def decode_can_frames(buf: bytes) -> CanFramesMessage:
     """Parse a ``cvis.CanFrames`` message back into a can.frames/1 table (checked)."""
-    scalars: dict[int, int] = {}
-    blobs: dict[int, bytes] = {}
-    names: list[str] = []
-    pos = 0
-    while pos < len(buf):
-        key, pos = _read_varint(buf, pos)
-        field, wt = key >> 3, key & 7
-        if wt == 0:
-            scalars[field], pos = _read_varint(buf, pos)
-        elif wt == 1:
-            if pos + 8 > len(buf):
-                raise ArchiveError("cvis.CanFrames: truncated fixed64")
-            scalars[field] = struct.unpack_from("<q", buf, pos)[0]
-            pos += 8
-        elif wt == 2:
-            n, pos = _read_varint(buf, pos)
-            if pos + n > len(buf):
-                raise ArchiveError("cvis.CanFrames: field runs past the message")
-            chunk = buf[pos : pos + n]
-            pos += n
-            if field == 6:
-                names.append(chunk.decode("utf-8", errors="strict"))
-            else:
-                blobs[field] = blobs.get(field, b"") + chunk
-        else:
-            raise ArchiveError(f"cvis.CanFrames: unexpected wire type {wt}")
-    ts = np.frombuffer(blobs.get(7, b""), dtype="<i8").astype(np.int64)
+    try:
+        msg = _CanFrames.FromString(buf)
+    except DecodeError as exc:
+        raise ArchiveError(f"cvis.CanFrames: {len(buf)} bytes do not parse: {exc}") from exc
+    ts = np.array(msg.timestamp_ns, dtype=np.int64)
     n = len(ts)
-    chan_raw = blobs.get(8, b"")
-    if len(chan_raw) == n:
-        chan = np.frombuffer(chan_raw, dtype=np.uint8).astype(np.int32)
-    else:
-        vals = []
-        p = 0
-        while p < len(chan_raw):
-            v, p = _read_varint(chan_raw, p)
-            vals.append(v)
-        chan = np.asarray(vals, dtype=np.int32)
-    lengths = np.frombuffer(blobs.get(12, b""), dtype=np.uint8).astype(np.int64)
-    payload = blobs.get(13, b"")
+    chan = np.array(msg.channel, dtype=np.int64)
+    lengths = np.frombuffer(msg.length, dtype=np.uint8).astype(np.int64)
+    payload: bytes = msg.data
     if len(lengths) != n or int(lengths.sum()) != len(payload) or len(chan) != n:
         raise ArchiveError("cvis.CanFrames: column lengths disagree")
+    names = tuple(msg.channel_names)
+    if n and int(chan.max()) >= len(names):
+        raise ArchiveError("cvis.CanFrames: channel index out of range")
     ends = np.cumsum(lengths).tolist()
     starts = [0, *ends[:-1]]
     data = [payload[a:b] for a, b in zip(starts, ends, strict=True)]
     try:
         table = CAN_FRAMES.from_columns(
             timestamp_ns=ts,
-            channel=Categorical(tuple(names), chan),
-            arbitration_id=np.frombuffer(blobs.get(9, b""), dtype="<u4").astype(np.uint32),
-            flags=np.frombuffer(blobs.get(10, b""), dtype=np.uint8),
-            dlc=np.frombuffer(blobs.get(11, b""), dtype=np.uint8),
+            channel=Categorical(names, chan.astype(np.int32)),
+            arbitration_id=np.array(msg.arbitration_id, dtype=np.uint32),
+            flags=np.frombuffer(msg.flags, dtype=np.uint8),
+            dlc=np.frombuffer(msg.dlc, dtype=np.uint8),
             data=data,
         )
     except WireError as exc:
         raise ArchiveError(f"cvis.CanFrames: {exc}") from exc
     if any(len(table.columns[c]) != n for c in ("arbitration_id", "flags", "dlc")):
         raise ArchiveError("cvis.CanFrames: column lengths disagree")
-    if n and (int(chan.max()) >= len(names) or int(chan.min()) < 0):
-        raise ArchiveError("cvis.CanFrames: channel index out of range")
     return CanFramesMessage(
-        agent=blobs.get(1, b"").decode(), stream=blobs.get(2, b"").decode(),
-        seq=scalars.get(3, 0), clock_offset_ns=scalars.get(4, 0),
-        time_quality=scalars.get(5, 0), table=table,
+        agent=msg.agent, stream=msg.stream, seq=msg.seq, clock_offset_ns=msg.clock_offset_ns,
+        time_quality=msg.time_quality, table=table,
     )
 
 
