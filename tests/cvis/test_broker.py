@@ -75,7 +75,7 @@ def test_cvis_broker_command_starts_carries_a_batch_and_frees_the_port(tmp_path:
         _roundtrip_batch("127.0.0.1", port)
     finally:
         proc.send_signal(signal.SIGINT)
-        out, err = proc.communicate(timeout=15)
+        _, err = proc.communicate(timeout=15)
     assert proc.returncode == 0, err
     assert not port_accepts("127.0.0.1", port)
     assert "stopped" in err
