@@ -90,7 +90,7 @@ def test_mutated_payloads_with_valid_checksum_raise_only_wire_errors(frames, dat
     payload[key] = data.draw(
         st.one_of(st.none(), st.integers(-5, 2**40), st.binary(max_size=64), st.text(max_size=5),
                   st.just({"t": "<i8", "b": b"\x00" * 7}), st.just({"t": "|O", "b": b""}),
-                  st.lists(st.integers(), max_size=3), st.just(payload.get(key)))
+                  st.lists(st.integers(-(2**63), 2**63 - 1), max_size=3), st.just(payload.get(key)))
     )
     raw = pack(payload)
     env = msgpack.unpackb(batch.encode(), raw=False)
