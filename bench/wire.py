@@ -249,7 +249,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not LOG.exists():
         print(f"real log not found: {LOG}", file=sys.stderr)
         return 2
-    console = Console(stderr=args.json)
+    console = Console(stderr=args.json, width=max(Console().width, 130))
     report(run(args.repeat), args.json, console)
     return 0
 

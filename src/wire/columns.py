@@ -38,11 +38,13 @@ class Categorical:
 
     @classmethod
     def from_values(cls, values: Iterable[str]) -> Categorical:
-        index: dict[str, int] = {}
-        codes = [index.setdefault(v, len(index)) for v in values]
-        if any(type(k) is not str for k in index):
+        vals = values if isinstance(values, list | tuple) else list(values)
+        cats = tuple(dict.fromkeys(vals))  # first-appearance order
+        if any(type(k) is not str for k in cats):
             raise TypeError("expected text values")
-        return cls(tuple(index), np.asarray(codes, dtype=np.int32))
+        index = {c: i for i, c in enumerate(cats)}
+        codes = np.fromiter(map(index.__getitem__, vals), dtype=np.int32, count=len(vals))
+        return cls(cats, codes)
 
     def values(self) -> list[str]:
         cats = self.categories
@@ -67,7 +69,10 @@ def _narrowest(lo: int, hi: int) -> np.dtype:
 
 def pack_ints(values: np.ndarray, *, delta: bool = False) -> dict[str, Any]:
     """Pack an integer column losslessly into ``{"t": dtype, "b": bytes, ...}``."""
-    v = np.asarray(values).astype(np.int64, copy=False)
+    arr = np.asarray(values)
+    if not delta and arr.dtype.itemsize == 1 and arr.dtype.kind in "iu":
+        return {"t": arr.dtype.str, "b": arr.tobytes()}  # already as narrow as it gets
+    v = arr.astype(np.int64, copy=False)
     out: dict[str, Any] = {}
     if delta and len(v):
         out["d0"] = int(v[0])

@@ -161,3 +161,17 @@ def test_dictionaries_save_and_load(tmp_path: Path, rav4_frames) -> None:  # typ
     (tmp_path / "junk.zdict").write_bytes(b"not a dictionary")
     with pytest.raises(ValidationError, match="dictionary"):
         Dictionaries.load_dir(tmp_path)
+
+
+def test_columns_that_bypass_can_frame_checks_are_rejected_before_encoding() -> None:
+    good = {"timestamp_ns": [1, 2], "channel": ["can0", "can0"], "arbitration_id": [0x100, 0x101],
+            "flags": [0, 0], "dlc": [2, 1], "data": [b"\x01\x02", b"\x03"]}
+    ok = encode_batch("a", "can", CAN_FRAMES.from_columns(**good), 1).encode()
+    assert len(Batch.decode(ok).table()) == 2
+    # Lengths swapped: the byte totals agree, so only a per-frame check catches it.
+    swapped = {**good, "dlc": [1, 2]}
+    with pytest.raises(ValidationError, match="frame 0: DLC 1 but 2 data bytes"):
+        encode_batch("a", "can", CAN_FRAMES.from_columns(**swapped), 1)
+    too_big_id = {**good, "arbitration_id": [0x800, 0x101]}
+    with pytest.raises(ValidationError, match="arbitration id 0x800 out of range"):
+        encode_batch("a", "can", CAN_FRAMES.from_columns(**too_big_id), 1)

@@ -155,9 +155,12 @@ class CanFramesSchema(TableSchema):
         flags = np.asarray(table.columns["flags"])
         dlc = np.asarray(table.columns["dlc"])
         data: list[bytes] = table.columns["data"]  # type: ignore[assignment]
+        lengths = _lengths(flags, dlc)
+        problem = _frame_problem(ids, flags, dlc, lengths, np.fromiter(map(len, data), np.int64, n))
+        if problem:
+            raise ValidationError(f"can.frames/1: {problem}")
         key = _group_key(channel.codes, flags, ids)
         _, first, codes = np.unique(key, return_index=True, return_inverse=True)
-        lengths = _lengths(flags, dlc)
         width = int(lengths.max()) if n else 0
         matrix = _pad(data, lengths, width)
         order = np.argsort(codes, kind="stable")
@@ -227,15 +230,14 @@ class CanFramesSchema(TableSchema):
             raise SchemaError(f"can.frames/1: bad payload width {width!r}")
         if not isinstance(planes, bytes) or len(planes) != n * width:
             raise SchemaError("can.frames/1: payload bytes do not match width x frames")
-        if n and (int(dlc.max()) > 15 or int(flags.max()) > _ALL_FLAGS):
-            raise SchemaError("can.frames/1: DLC or flags out of range")
         ids = k_id[codes]
         ch_codes = k_ch[codes]
         lengths = _lengths(flags, dlc)
+        problem = _frame_problem(ids, flags, dlc, lengths, None)
+        if problem:
+            raise SchemaError(f"can.frames/1: {problem}")
         if n and int(lengths.max()) > width:
             raise SchemaError("can.frames/1: DLC longer than the payload width")
-        if n and np.any(ids > np.where(flags & EXTENDED, 0x1FFFFFFF, 0x7FF)):
-            raise SchemaError("can.frames/1: arbitration id out of range")
         if n and not np.array_equal(_group_key(ch_codes, flags, ids), _group_key(k_ch, k_fl, k_id)[codes]):
             raise SchemaError("can.frames/1: per-frame flags contradict the key table")
         order = np.argsort(codes, kind="stable")
@@ -261,6 +263,27 @@ class CanFramesSchema(TableSchema):
                 "data": _unpad(m, lengths),
             },
         )
+
+
+def _frame_problem(
+    ids: np.ndarray, flags: np.ndarray, dlc: np.ndarray, lengths: np.ndarray, actual: np.ndarray | None
+) -> str | None:
+    """What is wrong with a batch of frames (vectorised), or None."""
+    if not len(ids):
+        return None
+    if int(dlc.max()) > 15:
+        return f"DLC {int(dlc.max())} out of range 0-15"
+    if int(flags.max()) > _ALL_FLAGS:
+        return f"unknown flag bits 0x{int(flags.max()):X}"
+    bad = np.flatnonzero(ids > np.where(flags & EXTENDED, 0x1FFFFFFF, 0x7FF))
+    if len(bad):
+        return f"frame {bad[0]}: arbitration id 0x{int(ids[bad[0]]):X} out of range"
+    if actual is not None:
+        bad = np.flatnonzero(actual != lengths)
+        if len(bad):
+            i = int(bad[0])
+            return f"frame {i}: DLC {int(dlc[i])} but {int(actual[i])} data bytes"
+    return None
 
 
 def _lengths(flags: np.ndarray, dlc: np.ndarray) -> np.ndarray:
