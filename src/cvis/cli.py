@@ -20,9 +20,11 @@ from cvis import __version__
 COMMAND_MODULES = [
     "cvis.broker_cli",
     "firmware_bridges.cli",
+    "edge_agent.cli",
     "ingest_server.cli",
     "ingest_server.hazards.cli",
     "cvis.simulate.cli",
+    "cvis.demo",
 ]
 
 

@@ -1,0 +1,1 @@
+"""Campaigns: what to collect when (stream policies, triggers and their condition language)."""

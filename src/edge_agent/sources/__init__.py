@@ -1,0 +1,1 @@
+"""Sources behind one small interface; implementations are imported by name when configured."""
