@@ -135,6 +135,7 @@ type = "replay_video"
 name = "camera.front"
 path = "{captures / VIDEO}"
 jpeg_quality = 80
+loop = true
 
 [live]
 speed_mps = {{ signal = "SPEED.SPEED", scale = 0.2777777778 }}

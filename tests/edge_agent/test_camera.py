@@ -52,3 +52,38 @@ def test_camera_drops_oldest_frames_when_the_encoder_falls_behind(shared_data: P
     assert ts == sorted(ts)
     img = cv2.imdecode(np.frombuffer(frames[0].jpeg, np.uint8), cv2.IMREAD_COLOR)
     assert img.shape == (1080, 1920, 3) and (frames[0].width, frames[0].height) == (1920, 1080)
+
+
+def test_looping_video_replay_keeps_counting_frames_past_the_end(tmp_path: Path) -> None:
+    clip = tmp_path / "five.avi"
+    out = cv2.VideoWriter(str(clip), cv2.VideoWriter_fourcc(*"MJPG"), 50.0, (64, 48))
+    for i in range(5):
+        out.write(np.full((48, 64, 3), i * 40, np.uint8))
+    out.release()
+    cfg = config_from_dict({
+        "agent_id": "veh-loop", "broker": {"url": "mqtt://127.0.0.1:9"},  # offline: spool only
+        "spool": {"dir": str(tmp_path / "spool"), "budget_mb": 64},
+        "sources": [{"type": "replay_video", "name": "camera.front", "path": str(clip),
+                     "loop": True, "drop_when_behind": False}],
+        "drain_timeout_s": 0,
+    }, {})
+
+    async def main() -> int:
+        async with Agent(cfg) as agent:
+            (cam,) = agent.sources
+            await until(lambda: cam.stats.records.get("camera.front", 0) >= 12, 60, "three loops")
+            await agent.stop_sources()
+            await agent.flush()
+            return cam.stats.errors
+
+    errors = asyncio.run(main())
+    frames = [f for b in spool_batches(tmp_path / "spool", "veh-loop") if b.stream == "camera.front"
+              for f in b.table().records()]
+    assert errors == 0
+    idx = [f.frame_index for f in frames]
+    assert len(idx) >= 12 and idx == list(range(len(idx)))  # counting on across loops
+    # The sixth frame is the first one again.
+    first, sixth = (cv2.imdecode(np.frombuffer(frames[k].jpeg, np.uint8), cv2.IMREAD_GRAYSCALE)
+                    for k in (0, 5))
+    assert abs(int(first.mean()) - int(sixth.mean())) <= 2
+    assert [f.timestamp_ns for f in frames] == sorted(f.timestamp_ns for f in frames)

@@ -197,6 +197,9 @@ class VideoReplayOptions(CameraOptions):
     #: Multiple of real time; 0 replays as fast as the encoder goes.
     speed: float = Field(default=1.0, ge=0)
     from_start: bool = False
+    #: Start again at the end, stamping frames with the agent clock like a live camera (a demo
+    #: or test camera that never ends). Loops keep no resume position.
+    loop: bool = False
 
     @field_validator("path")
     @classmethod
@@ -214,6 +217,9 @@ class VideoReplaySource(CameraSource):
 
     async def run(self) -> None:
         o: VideoReplayOptions = self.options  # type: ignore[assignment]
+        if o.loop:
+            await self._run_looping(o)
+            return
         ident = file_identity(o.path)
         stored = None if o.from_start else Position.decode(await self.ctx.checkpoint(self.name))
         if stored is not None and stored.file == ident:
@@ -243,6 +249,38 @@ class VideoReplaySource(CameraSource):
         drop = False if o.drop_when_behind is None else o.drop_when_behind
         self.stats.extra["fps"] = fps
         await self._run_pipeline(cap, drop, stamp, pace, first)
+
+    async def _run_looping(self, o: VideoReplayOptions) -> None:
+        """Play the file again and again at its frame rate; frame indexes keep counting."""
+        clock = self.ctx.clock
+        start = time.monotonic()
+        index = 0
+        drop = True if o.drop_when_behind is None else o.drop_when_behind
+        while True:
+            cap = await asyncio.to_thread(self._open, str(o.path))
+            fps = o.fps or cap.get(5) or 10.0  # cv2.CAP_PROP_FPS
+            self.stats.extra["fps"] = fps
+            speed = o.speed
+
+            def pace(i: int, fps: float = fps, speed: float = speed) -> None:
+                if speed > 0:
+                    delay = start + i / (fps * speed) - time.monotonic()
+                    if delay > 0:
+                        time.sleep(delay)
+
+            pipe = _Pipeline(self, cap, asyncio.get_running_loop(), drop, lambda i: clock.now_ns(),
+                             pace, index)
+            pipe.start()
+            try:
+                await pipe.done.wait()
+            finally:
+                await asyncio.to_thread(pipe.join)
+            if pipe.error:
+                raise SourceError(f"camera {self.name}: {pipe.error}")
+            if pipe.index == index:
+                raise SourceError(f"camera {self.name}: {o.path} has no frames")
+            index = pipe.index
+            log.debug("replay %s: %s ended, looping (%d frames so far)", self.name, o.path.name, index)
 
 
 def _skip(cap: Any, n: int) -> None:
