@@ -16,6 +16,7 @@ index is the resume position after a crash.
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import logging
 import threading
@@ -33,6 +34,8 @@ from wire.columns import TableSchema
 from wire.schemas import CAMERA_JPEG, CameraFrame
 
 log = logging.getLogger(__name__)
+#: How long a replayed video waits for the batchers to take more frames before it goes on.
+READY_TIMEOUT_S = 30.0
 
 
 class CameraOptions(SourceOptions):
@@ -240,11 +243,19 @@ class VideoReplaySource(CameraSource):
         def stamp(i: int) -> int:
             return base + round(i * period_ns)
 
+        loop = asyncio.get_running_loop()
+
         def pace(i: int) -> None:
             if speed > 0:
                 delay = start + (i - first) / (fps * speed) - time.monotonic()
                 if delay > 0:
                     time.sleep(delay)
+            # A file can wait: never outrun the batchers (the CAN and GNSS replays do the same).
+            ready = asyncio.run_coroutine_threadsafe(self.ctx.ready(), loop)
+            try:
+                ready.result(timeout=READY_TIMEOUT_S)
+            except concurrent.futures.TimeoutError:
+                ready.cancel()
 
         drop = False if o.drop_when_behind is None else o.drop_when_behind
         self.stats.extra["fps"] = fps
