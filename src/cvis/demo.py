@@ -353,7 +353,7 @@ def run(args: argparse.Namespace) -> int:
     mcaps = sorted((data_dir / "archive").rglob("*.mcap"))
     console.print(f"archive: {data_dir / 'archive'} ({len(mcaps)} MCAP files; open them in "
                   "Foxglove), list it with:")
-    console.print(f"  cvis archive ls --data-dir {data_dir / 'archive'}")
+    console.print(f"  {Path(sys.executable).parent / 'cvis'} archive ls --data-dir {data_dir / 'archive'}")
     return 1 if failed else 0
 
 
