@@ -11,8 +11,11 @@ Latency is measured as the issue asks: from a state sample's capture time at the
 vehicle (the simulator stamps it with the wall clock just before publishing) to the warning's
 receipt by the simulator's subscriber, through Mosquitto. Also reported per fleet: states/s
 offered and evaluated, states the worker dropped as stale (it fell behind) or from its queue,
-worker CPU (one core = 100 %, from ``wait4``), missed and spurious expected warnings. The
-machine is shared (simulator, broker and workers compete for its cores), so figures are noisy.
+worker CPU while the simulator runs (one core = 100 %) and per state offered, the simulator's and the
+broker's CPU (they share the machine with the worker), the CPU everything else on the machine
+used meanwhile ("other", from ``/proc/stat``), missed and spurious expected warnings.
+The machine is shared (simulator, broker and workers compete for its cores, and other work may
+run there too), so figures are noisy: compare CPU per state more than latency.
 
     python bench/hazards.py [--fleets 100 300 1000] [--seconds 12] [--workers 1] [--json]
 
@@ -82,14 +85,46 @@ def start_worker(broker: ManagedBroker, tiles: list[str], stats: Path) -> subpro
     return proc
 
 
-def stop_worker(proc: subprocess.Popen[str]) -> float:
-    """SIGTERM, reap; returns the worker's CPU seconds (user + system)."""
+def stop_worker(proc: subprocess.Popen[str]) -> None:
     proc.send_signal(signal.SIGTERM)
-    _, _, usage = os.wait4(proc.pid, 0)
-    proc.returncode = 0
+    proc.wait(30)
     if proc.stdout:
         proc.stdout.close()
-    return usage.ru_utime + usage.ru_stime
+
+
+def process_cpu_s(pid: int | None) -> float:
+    """CPU seconds (user + system) a running process has used so far (Linux ``/proc``)."""
+    if pid is None:
+        return 0.0
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read(4096).rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def machine_busy_s() -> float:
+    """CPU seconds all processes of the machine have used so far (``/proc/stat``, all cores)."""
+    with open("/proc/stat") as f:
+        fields = [int(v) for v in f.readline().split()[1:]]
+    idle = fields[3] + fields[4]  # idle, iowait
+    return (sum(fields[:8]) - idle) / os.sysconf("SC_CLK_TCK")
+
+
+def run_simulator(cmd: list[str], timeout: float) -> tuple[str, str, int, float]:
+    """Run the simulator; returns (stdout, stderr, exit code, CPU seconds it used)."""
+    with tempfile.TemporaryFile("w+") as out, tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen(cmd, stdout=out, stderr=err, text=True)
+        deadline = time.monotonic() + timeout
+        while True:
+            pid, status, usage = os.wait4(proc.pid, os.WNOHANG)
+            if pid:
+                break
+            if time.monotonic() > deadline:
+                proc.kill()
+            time.sleep(0.05)
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        out.seek(0)
+        err.seek(0)
+        return out.read(), err.read(), proc.returncode, usage.ru_utime + usage.ru_stime
 
 
 def run_fleet(broker: ManagedBroker, vehicles: int, seconds: float, workers: int,
@@ -100,17 +135,23 @@ def run_fleet(broker: ManagedBroker, vehicles: int, seconds: float, workers: int
                for i in range(workers)] if workers > 1 else [[]])
     stats_files = [tmp / f"stats-{vehicles}-{i}.json" for i in range(workers)]
     procs = [start_worker(broker, g, f) for g, f in zip(groups, stats_files, strict=True)]
+    broker_cpu0 = process_cpu_s(broker.pid)
+    busy0 = machine_busy_s()
+    worker_cpu0 = [process_cpu_s(p.pid) for p in procs]  # not their start-up
     try:
-        sim = subprocess.run(
+        sim_out, sim_err, sim_code, sim_cpu = run_simulator(
             [PY, "-m", "cvis", "-q", "simulate", "traffic", "--scenario", "mixed", "--vehicles",
              str(vehicles), "--broker", broker.url, "--duration", str(seconds), "--json"],
-            capture_output=True, text=True, timeout=seconds + 120,
-        )
+            timeout=seconds + 120)
     finally:
-        cpu = [stop_worker(p) for p in procs]
-    lines = sim.stdout.strip().splitlines()
+        busy = machine_busy_s() - busy0
+        broker_cpu = process_cpu_s(broker.pid) - broker_cpu0
+        worker_cpu = sum(process_cpu_s(p.pid) - c0 for p, c0 in zip(procs, worker_cpu0, strict=True))
+        for p in procs:
+            stop_worker(p)
+    lines = sim_out.strip().splitlines()
     if not lines:
-        raise SystemExit(f"simulator produced no report (exit {sim.returncode}): {sim.stderr[-2000:]}")
+        raise SystemExit(f"simulator produced no report (exit {sim_code}): {sim_err[-2000:]}")
     report = json.loads(lines[-1])
     stats = [json.loads(f.read_text()) for f in stats_files]
     evaluated = sum(s["states"] for s in stats)
@@ -124,8 +165,14 @@ def run_fleet(broker: ManagedBroker, vehicles: int, seconds: float, workers: int
         "evaluated_per_s": round(evaluated / seconds),
         "dropped_stale": dropped.get("stale", 0),
         "dropped_queue": sum(s["queue_dropped"] for s in stats),
-        "worker_cpu_pct": round(100 * sum(cpu) / seconds, 1),
+        "worker_cpu_pct": round(100 * worker_cpu / seconds, 1),
         "worker_busy_pct": round(100 * sum(s["busy_s"] for s in stats) / seconds, 1),
+        "worker_cpu_us_per_state": round(1e6 * worker_cpu / max(1, report["states"]), 1),
+        "simulator_cpu_pct": round(100 * sim_cpu / seconds, 1),
+        "broker_cpu_pct": round(100 * broker_cpu / seconds, 1),
+        # Everything else on the machine meanwhile (the bench itself, other work): the machine
+        # has os.cpu_count() cores, so this shows how much of them the run really had.
+        "other_cpu_pct": round(100 * (busy - worker_cpu - sim_cpu - broker_cpu) / seconds, 1),
         "warnings": report["warnings"], "p50_ms": report["p50_ms"], "p99_ms": report["p99_ms"],
         "max_ms": report["max_ms"], "missed": report["missed"], "spurious": report["spurious"],
         "publish_behind_ms_max": report.get("publish_behind_ms_max"),
@@ -147,10 +194,13 @@ def main() -> int:
             console.print(f"[bold]{n} vehicles[/] for {args.seconds:g} s ...")
             runs.append(run_fleet(broker, n, args.seconds, args.workers, Path(tmp)))
             time.sleep(1.0)
-    table = Table(title=f"hazards: mixed traffic, {args.workers} worker process(es), 10 Hz states")
+    table = Table(title=f"hazards: mixed traffic, {args.workers} worker process(es), 10 Hz states, "
+                        f"{os.cpu_count()} cores")
     cols = [("vehicles", "vehicles"), ("states/s", "states_per_s"), ("evaluated/s", "evaluated_per_s"),
             ("stale drops", "dropped_stale"), ("queue drops", "dropped_queue"),
-            ("worker CPU %", "worker_cpu_pct"), ("busy %", "worker_busy_pct"),
+            ("worker CPU %", "worker_cpu_pct"), ("worker us/state", "worker_cpu_us_per_state"),
+            ("busy %", "worker_busy_pct"), ("simulator CPU %", "simulator_cpu_pct"),
+            ("broker CPU %", "broker_cpu_pct"), ("other CPU %", "other_cpu_pct"),
             ("warnings", "warnings"), ("p50 ms", "p50_ms"), ("p99 ms", "p99_ms"), ("max ms", "max_ms"),
             ("missed", "missed"), ("spurious", "spurious")]
     for title, _ in cols:

@@ -1,7 +1,8 @@
 """``cvis server`` and ``cvis archive ls|info|export``.
 
-``cvis server [--config server.toml] [--broker URL] [--data-dir D] [--index URL] [--workers N]``
-runs the ingest workers in the foreground until Ctrl-C or SIGTERM.
+``cvis server [--config server.toml] [--broker URL] [--data-dir D] [--index URL] [--workers N]
+[--no-hazards]`` runs the ingest workers and the hazard workers (``[hazards]`` in the config;
+``--no-hazards`` turns them off) in the foreground until Ctrl-C or SIGTERM.
 
 ``cvis archive ls|info|export --data-dir D [--index URL] [--agent A] [--stream S] [--from T]
 [--to T] [--json]`` queries an archive; ``T`` is ISO 8601 (``2018-08-02T16:34:47Z``, UTC when
@@ -27,12 +28,15 @@ from ingest_server.errors import IngestServerError, QueryError
 
 
 def register(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("server", help="run the ingest server (N workers: archive, index, acks)")
+    p = sub.add_parser("server", help="run the server: N ingest workers (archive, index, acks) "
+                                      "and hazard workers (warnings)")
     p.add_argument("--config", type=Path, help="server TOML (see ingest_server.config)")
     p.add_argument("--broker", help="broker URL, e.g. mqtt://127.0.0.1:1883")
     p.add_argument("--data-dir", type=Path, help="archive directory")
     p.add_argument("--index", help="index URL (default: SQLite in the data directory)")
     p.add_argument("--workers", type=int, help="ingest worker processes")
+    p.add_argument("--no-hazards", action="store_true",
+                   help="run no hazard workers (default: as [hazards] in the config says)")
     p.set_defaults(func=run_server)
 
     a = sub.add_parser("archive", help="list, inspect and export what the server archived")
@@ -75,6 +79,8 @@ def run_server(args: argparse.Namespace) -> int:
         overrides["index_url"] = args.index
     if args.workers:
         overrides["workers"] = args.workers
+    if args.no_hazards:
+        overrides["hazards"] = {"enabled": False}
     try:
         config = load_config(args.config, overrides=overrides)
     except IngestServerError as exc:
@@ -94,8 +100,12 @@ def run_server(args: argparse.Namespace) -> int:
         print(f"cvis server: {exc}", file=sys.stderr)
         sup.stop()
         return 1
+    groups = config.hazards.tile_groups
+    hazards = ("no hazard workers" if not groups else
+               f"{len(groups)} hazard worker(s) for "
+               + ("every tile" if groups == [[]] else "tiles " + " ".join(t for g in groups for t in g)))
     print(f"cvis server: {config.workers} worker(s) on {config.broker.url}, archive in "
-          f"{sup.config.data_dir}; Ctrl-C stops", flush=True)
+          f"{sup.config.data_dir}, {hazards}; Ctrl-C stops", flush=True)
     try:
         sup.run(stop)
     finally:

@@ -21,6 +21,13 @@ Example::
     [archive]
     segment_max_s = 600
     segment_max_mb = 512
+
+    [hazards]                  # hazard workers (FCW, EBW, ICW, VRUCW); on unless disabled
+    enabled = true
+    tiles = []                 # [] = one worker for every tile; ["n3777w12243", ...] = one
+                               # worker for these; [["n3777w12243"], ["n3777w12242"]] = one each
+    [hazards.fcw]              # thresholds: see ingest_server.hazards.config.HazardConfig
+    ttc_s = 2.7
 """
 
 from __future__ import annotations
@@ -35,8 +42,9 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ingest_server.errors import ConfigError
+from ingest_server.hazards.config import HazardConfig
 from wire.limits import Limits
-from wire.topics import check_agent
+from wire.topics import check_agent, check_tile
 
 ENV_PREFIX = "CVIS_SERVER__"
 #: Largest configuration file we read.
@@ -153,6 +161,56 @@ class QuarantineConfig(_Model):
     keep_bytes: int = Field(default=1024, ge=0, le=1024 * 1024)
 
 
+class ServerHazardConfig(HazardConfig):
+    """``[hazards]``: the hazard worker processes ``cvis server`` runs, and their thresholds.
+
+    The thresholds (``[hazards.fcw]``, ``[hazards.episodes]``, ...) are those of
+    :class:`~ingest_server.hazards.config.HazardConfig`; the keys here say which workers run.
+    """
+
+    #: Run hazard workers at all (``cvis server --no-hazards`` turns them off).
+    enabled: bool = True
+    #: Tiles the workers own: ``[]`` (default) one worker for every tile; a list of tiles, one
+    #: worker owning those; a list of lists, one worker per list (disjoint: a tile owned twice
+    #: would warn its vehicles twice).
+    tiles: list[str] | list[list[str]] = Field(default_factory=list)
+    #: Log each worker's statistics this often (0: never).
+    stats_every_s: float = Field(default=60.0, ge=0)
+
+    @field_validator("tiles")
+    @classmethod
+    def _check_tiles(cls, v: list[str] | list[list[str]]) -> list[str] | list[list[str]]:
+        groups = [v] if v and isinstance(v[0], str) else v
+        seen: set[str] = set()
+        for group in groups:
+            assert isinstance(group, list)
+            if not group:
+                raise ValueError("an empty tile list in a list of lists: give every worker its tiles")
+            for tile in group:
+                check_tile(tile)
+                if tile in seen:
+                    raise ValueError(f"tile {tile!r} is given to two hazard workers")
+                seen.add(tile)
+        return v
+
+    @property
+    def tile_groups(self) -> list[list[str]]:
+        """Tiles of each worker to run (``[]``: every tile); empty when disabled."""
+        if not self.enabled:
+            return []
+        v = self.tiles
+        if not v:
+            return [[]]
+        if isinstance(v[0], str):
+            return [[str(t) for t in v]]
+        return [[str(t) for t in g] for g in v]
+
+    def thresholds(self) -> HazardConfig:
+        """The plain hazard configuration (without the server's keys)."""
+        return HazardConfig.model_validate(
+            self.model_dump(exclude={"enabled", "tiles", "stats_every_s"}))
+
+
 class ServerConfig(_Model):
     data_dir: Path = Path("cvis-data")
     #: SQLAlchemy URL of the index; default ``sqlite:///{data_dir}/index.sqlite``.
@@ -163,6 +221,7 @@ class ServerConfig(_Model):
     archive: ArchiveConfig = ArchiveConfig()
     index: IndexConfig = IndexConfig()
     quarantine: QuarantineConfig = QuarantineConfig()
+    hazards: ServerHazardConfig = ServerHazardConfig()
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("index_url")

@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
+import select
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -28,7 +30,7 @@ from cvis.simulate.errors import SimulationConnectError, SimulationError
 from cvis.simulate.report import Received, Report, evaluate
 from cvis.simulate.world import Rsu, Vehicle, World
 from wire.errors import WireError
-from wire.topics import PREFIX, live_topic, tile_of
+from wire.topics import PREFIX, TILE_DEG, live_topic, tile_of
 from wire.warning import HazardWarning, Status
 
 log = logging.getLogger(__name__)
@@ -58,6 +60,22 @@ def _by_slot(world: World) -> tuple[list[list[Vehicle]], list[list[Rsu]]]:
     return vs, rs
 
 
+#: Each agent's live topic, with the tile indexes it was made for (a vehicle changes tile rarely).
+_topics: dict[str, tuple[int, int, str]] = {}
+
+
+def _live_topic(agent: str, lat: float, lon: float) -> str:
+    i, j = math.floor(lat / TILE_DEG), math.floor(lon / TILE_DEG)  # as wire.topics.tile_of
+    cached = _topics.get(agent)
+    if cached is not None and cached[0] == i and cached[1] == j:
+        return cached[2]
+    topic = live_topic(tile_of(lat, lon), agent)
+    if len(_topics) > 100_000:
+        _topics.clear()
+    _topics[agent] = (i, j, topic)
+    return topic
+
+
 def messages(world: World, t: float, slot: int, timestamp_ns: int, seq: int,
              slots: tuple[list[list[Vehicle]], list[list[Rsu]]]) -> Iterator[tuple[str, bytes]]:
     """The (topic, payload) pairs due in one 10 ms slot at scenario time ``t``."""
@@ -65,7 +83,7 @@ def messages(world: World, t: float, slot: int, timestamp_ns: int, seq: int,
     for v in vehicles[slot]:
         if v.active(t):
             st, lat, lon = world.state(v, t, timestamp_ns, seq)
-            yield live_topic(tile_of(lat, lon), v.id), st.encode()
+            yield _live_topic(v.id, lat, lon), st.encode()
     for r in rsus[slot]:
         lat, lon = world.projection.to_wgs84(r.x, r.y)
         yield live_topic(tile_of(lat, lon), r.id), world.object_list(r, t, timestamp_ns, seq).encode()
@@ -106,6 +124,60 @@ def parse_broker_url(url: str) -> tuple[str, int]:
     except ValueError as exc:
         raise SimulationError(f"broker URL {url!r}: {exc}") from exc
     return parts.hostname, port
+
+
+class _Publisher:
+    """A paho client without a network thread, only for publishing.
+
+    paho writes a publish at once when no network thread runs (one ``send``), instead of
+    queueing it, waking its loop thread through a socket pair and handing it the GIL; at
+    10,000 states/s that halves the simulator's CPU. :meth:`service` does the rest of the
+    protocol (CONNACK, keepalive pings) between publishes, with paho's external-loop calls.
+    """
+
+    def __init__(self, host: str, port: int, name: str) -> None:
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2,
+                                  client_id=f"cvis-sim-{name}-{os.getpid()}")
+        self.ready = False
+        self.client.on_connect = self._connected
+        try:
+            self.client.connect(host, port, keepalive=30)
+        except OSError as exc:
+            raise SimulationConnectError(f"cannot connect to broker {host}:{port}: {exc}") from exc
+
+    def _connected(self, client: mqtt.Client, userdata: object, flags: object,
+                   rc: mqtt.ReasonCode, props: object = None) -> None:
+        self.ready = not rc.is_failure
+
+    def service(self, timeout: float = 0.0) -> None:
+        """Read what the broker sent, write what is pending, send a keepalive when due."""
+        sock = self.client.socket()
+        if sock is None:
+            return
+        readable, writable, _ = select.select(
+            [sock], [sock] if self.client.want_write() else [], [], timeout)
+        if readable:
+            self.client.loop_read()
+        if writable:
+            self.client.loop_write()
+        self.client.loop_misc()
+
+    def wait(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not self.ready:
+            left = deadline - time.monotonic()
+            if left <= 0 or self.client.socket() is None:
+                self.close()
+                raise SimulationConnectError("broker did not accept the simulator within "
+                                             f"{timeout:.0f} s")
+            self.service(min(left, 0.05))
+
+    def close(self) -> None:
+        with contextlib.suppress(Exception):
+            self.client.disconnect()
+        deadline = time.monotonic() + 1.0
+        while self.client.socket() is not None and time.monotonic() < deadline:
+            self.service(0.05)  # the broker closes the connection after DISCONNECT
 
 
 class _Connection:
@@ -165,11 +237,13 @@ def run_live(world: World, broker_url: str, duration: float | None = None,
     rx = _Connection(host, port, "rx", f"{PREFIX}/+/warning", got)
     try:
         rx.wait(10.0)
-        tx = _Connection(host, port, "tx")
+        tx = _Publisher(host, port, "tx")
         try:
             tx.wait(10.0)
-            start_ns, sent, behind = _publish_loop(world, tx.client, duration, progress)
-            time.sleep(grace_s)
+            start_ns, sent, behind, failed = _publish_loop(world, tx, duration, progress)
+            deadline = time.monotonic() + grace_s
+            while (left := deadline - time.monotonic()) > 0:
+                tx.service(min(left, 0.1))
         finally:
             tx.close()
     finally:
@@ -189,33 +263,41 @@ def run_live(world: World, broker_url: str, duration: float | None = None,
         latency = (at_ns - w.source_ns) / 1e6 if w.source_ns and w.status is not Status.END else None
         received.append(Received(w, (w.issued_ns - start_ns) / 1e9, latency))
     report = evaluate(world, received, sent, duration)
-    report.extra.update({"malformed_warnings": bad, "publish_behind_ms_max": round(behind, 1)})
+    report.extra.update({"malformed_warnings": bad, "publish_behind_ms_max": round(behind, 1),
+                         "publish_failed": failed})
     return report
 
 
-def _publish_loop(world: World, client: mqtt.Client, duration: float,
-                  progress: Progress | None) -> tuple[int, int, float]:
-    """Real-time 10 ms slots; returns (start ns, messages sent, worst lag behind schedule ms)."""
+def _publish_loop(world: World, tx: _Publisher, duration: float,
+                  progress: Progress | None) -> tuple[int, int, float, int]:
+    """Real-time 10 ms slots; returns (start ns, messages sent, worst lag behind schedule ms,
+    publishes paho refused)."""
     slots = _by_slot(world)
+    publish = tx.client.publish
+    ok = mqtt.MQTT_ERR_SUCCESS
     start = time.time_ns()
-    sent = 0
+    sent = failed = 0
     worst = 0.0
     i = 0
     while True:
         due = start + i * STEP_NS
         now = time.time_ns()
         if now < due:
-            time.sleep((due - now) / 1e9)
+            tx.service((due - now) / 1e9)  # wait for the slot on the socket, not in sleep()
             now = time.time_ns()
+            if now < due:
+                time.sleep((due - now) / 1e9)
+                now = time.time_ns()
         worst = max(worst, (now - due) / 1e6)
         t = (now - start) / 1e9
         if t > duration:
             break
         slot = i % _SLOTS
         for topic, payload in messages(world, t, slot, now, i // _SLOTS, slots):
-            client.publish(topic, payload, qos=0)
+            if publish(topic, payload, qos=0).rc != ok:
+                failed += 1
             sent += 1
         if progress is not None and slot == 0:
             progress(t)
         i += 1
-    return start, sent, worst
+    return start, sent, worst, failed

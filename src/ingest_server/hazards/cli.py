@@ -11,6 +11,7 @@ import threading
 from pathlib import Path
 from types import FrameType
 
+from ingest_server.errors import IngestServerError
 from ingest_server.hazards.config import HazardConfig
 from ingest_server.hazards.errors import HazardError
 from ingest_server.hazards.record import WarningRecorder
@@ -25,7 +26,9 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,
     p.add_argument("--tiles", nargs="*", default=[], metavar="TILE",
                    help="own these tiles (like n3776w12243); default: every tile")
     p.add_argument("--config", type=Path, help="hazard settings (TOML, [hazards] table or top level)")
-    p.add_argument("--db", metavar="URL", help="record warnings in this SQLAlchemy database URL")
+    p.add_argument("--db", metavar="URL",
+                   help="record warnings in this index (SQLAlchemy URL, e.g. the server's "
+                        "sqlite:///DATA/index.sqlite; migrated to the current schema)")
     p.add_argument("--stats-every", type=float, default=30.0, metavar="S",
                    help="log a statistics line this often (0: never)")
     p.add_argument("--stats-json", type=Path, metavar="FILE",
@@ -38,11 +41,13 @@ def run(args: argparse.Namespace) -> int:
         config = HazardConfig.load_file(args.config) if args.config else HazardConfig()
         recorder = None
         if args.db:
-            import sqlalchemy as sa
+            from ingest_server.index import migrations
 
-            recorder = WarningRecorder(sa.create_engine(args.db))
+            engine = migrations.create_engine(args.db)
+            migrations.migrate(engine)
+            recorder = WarningRecorder(engine, create=False)
         worker = HazardWorker(args.broker, tiles=args.tiles, config=config, recorder=recorder)
-    except (HazardError, ValueError) as exc:
+    except (HazardError, IngestServerError, ValueError) as exc:
         print(f"cvis hazards: {exc}")
         return 2
     # Hand the GIL between paho's network thread and the evaluation thread every 1 ms instead

@@ -103,6 +103,11 @@ def _motion(pos0: float, speed: float, accel: float) -> list[tuple[float, float,
     return [(0.0, pos0, speed, 0.5 * accel)]
 
 
+def _stops_before(speed: float, accel: float, horizon: float) -> bool:
+    """A vehicle braking to a stop within ``(0, horizon)``: its motion has two pieces there."""
+    return accel < 0.0 and speed > 0.0 and -speed / accel < horizon
+
+
 def _piece_at(pieces: Sequence[tuple[float, float, float, float]], t: float) -> tuple[float, float, float]:
     current = pieces[0]
     for p in pieces:
@@ -122,6 +127,13 @@ def time_to_collision(
     """
     if gap <= 0.0:
         return 0.0
+    if not (_stops_before(v_ego, a_ego, horizon) or _stops_before(v_lead, a_lead, horizon)):
+        # The common case: one piece of motion each over the horizon, so one quadratic
+        # (the same coefficients the general loop below would find).
+        e1, e2 = (0.0, 0.0) if v_ego <= 0.0 and a_ego <= 0.0 else (v_ego, 0.5 * a_ego)
+        l1, l2 = (0.0, 0.0) if v_lead <= 0.0 and a_lead <= 0.0 else (v_lead, 0.5 * a_lead)
+        root = _first_root(gap, l1 - e1, l2 - e2, 0.0, horizon)
+        return INF if root is None else root
     ego = _motion(0.0, v_ego, a_ego)
     lead = _motion(gap, v_lead, a_lead)
     cuts = sorted({0.0, horizon, *(p[0] for p in ego + lead if 0.0 < p[0] < horizon)})

@@ -17,21 +17,24 @@ leader even though its trail still runs through the ego's lane.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from typing import NamedTuple
 
 from ingest_server.hazards.config import PathConfig
 from ingest_server.hazards.geometry import angle_diff, offset_m, path_coords, project_on_polyline
 from ingest_server.hazards.tracks import Track
 
 #: Curvatures (1/m) this close mean both drive the same curve (or straight) ...
-_SAME_CURVE = 0.002
+SAME_CURVE = 0.002
 #: ... unless the ego's arc, carried to the target, disagrees with its heading by this (deg).
-_ARC_MISMATCH_DEG = 3.0
+ARC_MISMATCH_DEG = 3.0
 
 
-@dataclass(frozen=True, slots=True)
-class Relation:
-    """A target seen from an ego at time ``t_ns`` (both extrapolated to it)."""
+class Relation(NamedTuple):
+    """A target seen from an ego at time ``t_ns`` (both extrapolated to it).
+
+    A named tuple rather than a frozen dataclass: one is built for every pair evaluated, and a
+    tuple is built three times faster.
+    """
 
     along: float  #: metres from the ego's centre to the target's along the ego's path
     lateral: float  #: metres the target is off the ego's path, positive to the left
@@ -61,16 +64,16 @@ def relate(ego: Track, target: Track, t_ns: int, cfg: PathConfig) -> Relation:
     # (forward, left) in the ego's frame; headings are clockwise from north.
     fwd = east * ego.ue + north * ego.un
     left = north * ego.ue - east * ego.un
-    k = ego.curvature(cfg.max_curvature)
+    k = ego.k  # the curvature with cfg.max_curvature, derived once per state by the track table
     along, lateral = path_coords(fwd, left, k)
     diff = angle_diff(ego.heading, target.heading)
     if (
         along > 0.0
         and diff <= cfg.same_direction_deg
         and abs(lateral) <= cfg.trail_max_lateral_m
-        and (abs(k - target.curvature(cfg.max_curvature)) > _SAME_CURVE
+        and (abs(k - target.k) > SAME_CURVE
              # the arc's heading at the target disagrees with the target's own heading
-             or angle_diff(ego.heading - math.degrees(k * along), target.heading) > _ARC_MISMATCH_DEG)
+             or angle_diff(ego.heading - math.degrees(k * along), target.heading) > ARC_MISMATCH_DEG)
     ):
         by_trail = _trail_relation(ego.heading, east, north, te, tn, target, cfg, along)
         if by_trail is not None:

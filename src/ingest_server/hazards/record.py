@@ -2,9 +2,12 @@
 
 One row per warning message (``new``, each ``update``, ``end``); an episode
 is the rows sharing ``episode``. ``(episode, update_count)`` is unique, so a
-row written twice is stored once. The table is created with
-``metadata.create_all`` for now; the index's versioned migrations will take
-it over.
+row written twice is stored once. The ``warnings`` table belongs to the
+index: migration 2 of :mod:`ingest_server.index.migrations` creates it, so
+``cvis server`` records warnings in the same database as batches. Give the
+recorder an engine whose index is migrated (``create=False``), or let it
+create the table itself (the default; tests and tools use other names or
+schemas).
 
 The worker's evaluation thread only :meth:`~WarningRecorder.submit` s a
 warning to a bounded buffer; a recorder thread writes the buffer in one
@@ -25,36 +28,10 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 
 from ingest_server.hazards.errors import HazardStorageError
+from ingest_server.index.schema import warnings_table
 from wire.warning import HazardWarning, Severity, Status, WarningType
 
 log = logging.getLogger(__name__)
-
-_BIGINT = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
-
-
-def warnings_table(metadata: sa.MetaData, name: str = "warnings") -> sa.Table:
-    return sa.Table(
-        name, metadata,
-        sa.Column("id", _BIGINT, primary_key=True, autoincrement=True),
-        sa.Column("episode", sa.BigInteger, nullable=False),
-        sa.Column("update_count", sa.Integer, nullable=False),
-        sa.Column("status", sa.String(8), nullable=False),
-        sa.Column("type", sa.String(8), nullable=False),
-        sa.Column("severity", sa.SmallInteger, nullable=False),
-        sa.Column("target", sa.String(64), nullable=False),
-        sa.Column("counterparts", sa.String(2600), nullable=False),
-        sa.Column("ttc_s", sa.Float, nullable=True),
-        sa.Column("time_diff_s", sa.Float, nullable=True),
-        sa.Column("lat", sa.Float, nullable=False),
-        sa.Column("lon", sa.Float, nullable=False),
-        sa.Column("issued_ns", sa.BigInteger, nullable=False),
-        sa.Column("expires_ns", sa.BigInteger, nullable=False),
-        sa.Column("source_ns", sa.BigInteger, nullable=False),
-        sa.UniqueConstraint("episode", "update_count", name=f"uq_{name}_episode_update"),
-        sa.Index(f"ix_{name}_issued", "issued_ns"),
-        sa.Index(f"ix_{name}_target_issued", "target", "issued_ns"),
-    )
-
 
 @dataclass(frozen=True, slots=True)
 class RecordedWarning:
@@ -68,7 +45,8 @@ class WarningRecorder:
     """Writes warnings to the ``warnings`` table of an index database."""
 
     def __init__(self, engine: Engine, *, table_name: str = "warnings", schema: str | None = None,
-                 flush_interval_s: float = 0.5, max_pending: int = 100_000) -> None:
+                 flush_interval_s: float = 0.5, max_pending: int = 100_000,
+                 create: bool = True) -> None:
         self.engine = engine
         self.metadata = sa.MetaData(schema=schema)
         self.table = warnings_table(self.metadata, table_name)
@@ -80,7 +58,12 @@ class WarningRecorder:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         try:
-            self.metadata.create_all(engine)
+            if create:
+                self.metadata.create_all(engine)
+            elif not sa.inspect(engine).has_table(table_name, schema=schema):
+                raise HazardStorageError(
+                    f"the database has no {table_name} table: migrate the index first "
+                    "(cvis server does) or let the recorder create it")
         except SQLAlchemyError as exc:
             raise HazardStorageError(f"cannot create the warnings table: {exc}") from exc
 
@@ -92,7 +75,7 @@ class WarningRecorder:
             return 0
         rows = [_row(w) for w in warnings]
         try:
-            with self.engine.begin() as conn:
+            with self._write() as conn, conn.begin():
                 conn.execute(self.table.insert(), rows)
         except IntegrityError:
             return self._record_one_by_one(rows)
@@ -105,7 +88,7 @@ class WarningRecorder:
         n = 0
         for row in rows:
             try:
-                with self.engine.begin() as conn:
+                with self._write() as conn, conn.begin():
                     conn.execute(self.table.insert(), [row])
                 n += 1
             except IntegrityError:
@@ -114,6 +97,11 @@ class WarningRecorder:
                 raise HazardStorageError(f"cannot record a warning: {exc}") from exc
         self.written += n
         return n
+
+    def _write(self) -> Any:
+        # On an index engine (ingest_server.index.migrations.create_engine) this makes SQLite
+        # take its write lock at BEGIN, as every index writer does; other engines ignore it.
+        return self.engine.connect().execution_options(cvis_write=True)
 
     def fetch(self, *, target: str | None = None, since_ns: int = 0,
               limit: int = 1000) -> list[RecordedWarning]:

@@ -12,25 +12,36 @@ is dropped, and counted by reason, when it is:
   silence longer than ``track_timeout_s``) the track restarts from the new
   position, so a vehicle whose GNSS really jumped is not ignored forever;
 - ``capacity``: a new vehicle while ``max_tracks`` are tracked.
+
+Per accepted state the table derives, once, what every pair evaluation needs
+(heading unit vector, path curvature, grid cell, tile), and it keeps the
+leader relation both ways (``leader`` and ``followers``) so a vehicle's
+followers are found without scanning its neighbours.
 """
 
 from __future__ import annotations
 
 import math
 from collections import deque
+from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
-
-import numpy as np
 
 from ingest_server.hazards.config import HazardConfig
 from ingest_server.hazards.geometry import M_PER_DEG, move, offset_m, unit
 from wire.schemas import RoadsideObject
 from wire.state import Brake, State
-from wire.topics import tile_of
+from wire.topics import TILE_DEG, tile_of
 
-#: Grid cell edge in degrees (about 220 m north-south).
+#: Grid cell edge in degrees (about 220 m north-south; a tile holds 5 x 5 cells). Smaller cells
+#: fit a 150 m query more tightly but cost more lookups than the extra candidates they save
+#: (a candidate outside the query's latitude band is rejected in about 0.1 us).
 CELL_DEG = 0.002
+#: Width of the heading sectors that split each grid cell's vehicles (24 sectors).
+SECTOR_DEG = 15.0
+N_SECTORS = int(360.0 // SECTOR_DEG)
+#: Up to this many roadside objects, a query compares their cells instead of probing the grid.
+_SCAN_OBJECTS = 32
 _BRAKE_FLAGS = Brake.APPLIED | Brake.HARD_BRAKING
 _MAX_EXTRAPOLATION_S = 0.5
 
@@ -62,13 +73,17 @@ class Track:
     tile: str
     trail: deque[tuple[int, float, float]]
     cell: tuple[int, int] = (0, 0)
+    sector: int = 0  #: heading sector (:func:`heading_sector`), its part of the cell
+    tile_ij: tuple[int, int] = (0, 0)  #: tile indexes of ``tile``
     ue: float = 0.0  #: east component of the heading's unit vector
     un: float = 1.0  #: north component
+    k: float = 0.0  #: path curvature (1/m, positive left), as :meth:`curvature` gives it
     decel_since_ns: int | None = None
     braking_hard: bool = False
-    leader: str | None = None
+    owned: bool = True  #: its tile is owned by the engine (as of its last evaluation)
+    leader: Track | None = None  #: the vehicle it follows (FCW), as of its last evaluation
+    followers: dict[Track, None] = field(default_factory=dict)  #: tracks whose leader it is
     jumps: int = 0
-    slot: int = -1  #: row in the table's arrays
 
     def displacement(self, t_ns: int) -> tuple[float, float, float]:
         """(east m, north m, speed) of the extrapolation to ``t_ns`` (at most 0.5 s)."""
@@ -122,61 +137,93 @@ class ObjectTrack:
         return move(self.lat, self.lon, ue * self.speed * dt, un * self.speed * dt)
 
 
-#: Columns of :attr:`TrackTable.cols` (one row per vehicle slot, all float64).
-(C_LAT, C_LON, C_HEADING, C_UE, C_UN, C_SPEED, C_T, C_BRAKING, C_LEADER, C_CURVATURE,
- C_OWNED) = range(11)
-N_COLS = 11
-
-
-@dataclass(frozen=True, slots=True)
-class Around:
-    """Neighbours of one vehicle: slots, their rows of :attr:`TrackTable.cols`, and raw geometry
-    (east, north, squared distance, heading difference in degrees) before any extrapolation."""
-
-    slots: np.ndarray
-    rows: np.ndarray
-    de: np.ndarray
-    dn: np.ndarray
-    d2: np.ndarray
-    diff: np.ndarray
-
-
 def cell_of(lat: float, lon: float) -> tuple[int, int]:
     return math.floor(lat / CELL_DEG), math.floor(lon / CELL_DEG)
 
 
-K = TypeVar("K", int, str)
+def cell_span(lat: float, lon: float, radius_m: float) -> tuple[int, int, int, int]:
+    """First and last cell rows and columns overlapping the square of side 2 * ``radius_m``
+    around a point (slightly larger, so rounding never leaves out a cell that matters)."""
+    dlat = radius_m / M_PER_DEG * 1.000001
+    dlon = radius_m / (M_PER_DEG * max(math.cos(math.radians(lat)), 0.01)) * 1.000001
+    return (math.floor((lat - dlat) / CELL_DEG), math.floor((lat + dlat) / CELL_DEG),
+            math.floor((lon - dlon) / CELL_DEG), math.floor((lon + dlon) / CELL_DEG))
+
+
+def heading_sector(heading_deg: float) -> int:
+    """The :data:`SECTOR_DEG` sector of a heading (0 for [0, 15) degrees, 1 for [15, 30), ...)."""
+    return int((heading_deg % 360.0) // SECTOR_DEG) % N_SECTORS
+
+
+def sectors_beyond(heading_deg: float, max_diff_deg: float) -> frozenset[int]:
+    """Sectors in which every heading differs from ``heading_deg`` by more than ``max_diff_deg``.
+
+    A neighbour query that needs only headings within ``max_diff_deg`` of its own skips them:
+    with the defaults (crossing up to 150 degrees) that is oncoming traffic, half of a two-way
+    road. The bounds are kept a hair inside, so rounding never skips a heading that counts.
+    """
+    if max_diff_deg >= 180.0 - SECTOR_DEG:
+        return frozenset()
+    h = heading_deg % 360.0
+    first = math.floor((h + max_diff_deg) / SECTOR_DEG + 1e-7) + 1  # starts beyond h + max
+    last = math.floor((h + 360.0 - max_diff_deg) / SECTOR_DEG - 1e-7) - 1  # ends before h - max
+    return frozenset(k % N_SECTORS for k in range(first, last + 1))
+
+
+K = TypeVar("K", bound=Hashable)
 
 
 @dataclass(slots=True)
 class SpatialGrid(Generic[K]):
-    """Keys bucketed by grid cell, for "who is within r metres" queries."""
+    """Keys bucketed by grid cell and, within a cell, by a part number (for vehicles, their
+    heading sector), for "who is within r metres" queries.
 
-    cells: dict[tuple[int, int], set[K]] = field(default_factory=dict)
+    Buckets are dicts used as ordered sets, so a query lists keys in a repeatable order.
+    """
 
-    def add(self, key: K, cell: tuple[int, int]) -> None:
-        self.cells.setdefault(cell, set()).add(key)
+    cells: dict[tuple[int, int], dict[int, dict[K, None]]] = field(default_factory=dict)
 
-    def remove(self, key: K, cell: tuple[int, int]) -> None:
-        bucket = self.cells.get(cell)
+    def add(self, key: K, cell: tuple[int, int], part: int = 0) -> None:
+        parts = self.cells.get(cell)
+        if parts is None:
+            self.cells[cell] = {part: {key: None}}
+            return
+        bucket = parts.get(part)
+        if bucket is None:
+            parts[part] = {key: None}
+        else:
+            bucket[key] = None
+
+    def remove(self, key: K, cell: tuple[int, int], part: int = 0) -> None:
+        parts = self.cells.get(cell)
+        if parts is None:
+            return
+        bucket = parts.get(part)
         if bucket is not None:
-            bucket.discard(key)
+            bucket.pop(key, None)
             if not bucket:
-                del self.cells[cell]
+                del parts[part]
+                if not parts:
+                    del self.cells[cell]
+
+    def buckets(self, lat: float, lon: float, radius_m: float,
+                skip: frozenset[int] = frozenset()) -> list[dict[K, None]]:
+        """The buckets (but those of the parts in ``skip``) of every cell that overlaps the
+        square around the circle."""
+        i0, i1, j0, j1 = cell_span(lat, lon, radius_m)
+        get = self.cells.get
+        out = []
+        for i in range(i0, i1 + 1):
+            for j in range(j0, j1 + 1):
+                parts = get((i, j))
+                if parts:
+                    for part, bucket in parts.items():
+                        if part not in skip:
+                            out.append(bucket)
+        return out
 
     def near(self, lat: float, lon: float, radius_m: float) -> list[K]:
-        ci, cj = cell_of(lat, lon)
-        cell_m = CELL_DEG * M_PER_DEG
-        di = math.ceil(radius_m / cell_m)
-        dj = math.ceil(radius_m / (cell_m * max(math.cos(math.radians(lat)), 0.01)))
-        cells = self.cells
-        out: list[K] = []
-        for i in range(ci - di, ci + di + 1):
-            for j in range(cj - dj, cj + dj + 1):
-                bucket = cells.get((i, j))
-                if bucket:
-                    out.extend(bucket)
-        return out
+        return [key for bucket in self.buckets(lat, lon, radius_m) for key in bucket]
 
 
 class TrackTable:
@@ -187,14 +234,9 @@ class TrackTable:
         self.vehicles: dict[str, Track] = {}
         self.objects: dict[str, ObjectTrack] = {}
         self._rsu_objects: dict[str, set[str]] = {}
-        self._vehicle_grid: SpatialGrid[int] = SpatialGrid()
+        self.vehicle_grid: SpatialGrid[Track] = SpatialGrid()
+        self._max_curvature = config.path.max_curvature
         self._object_grid: SpatialGrid[str] = SpatialGrid()
-        # Every vehicle's latest state as a row (by slot) of one matrix, so a neighbour query
-        # gathers all columns at once; see the C_* column numbers.
-        self._slots: list[Track | None] = []
-        self._free: list[int] = []
-        self.cols = np.zeros((0, N_COLS))
-        self._t0: int | None = None
 
     def __len__(self) -> int:
         return len(self.vehicles) + len(self.objects)
@@ -215,7 +257,8 @@ class TrackTable:
                 raise Rejected("out_of_order")
             dt = (t - tr.t_ns) * 1e-9
             e, n = offset_m(tr.lat, tr.lon, state.lat, state.lon)
-            if math.hypot(e, n) > f.max_speed_mps * dt + f.jump_slack_m and dt < f.track_timeout_s:
+            reach = f.max_speed_mps * dt + f.jump_slack_m
+            if e * e + n * n > reach * reach and dt < f.track_timeout_s:
                 tr.jumps += 1
                 if tr.jumps < f.reset_after_jumps:
                     raise Rejected("jump")
@@ -233,86 +276,43 @@ class TrackTable:
                 trail=deque(maxlen=self.config.path.trail_max_points),
             )
             tr.cell = cell_of(tr.lat, tr.lon)
-            tr.ue, tr.un = unit(tr.heading)
+            tr.sector = heading_sector(tr.heading)
+            tr.tile_ij = (math.floor(tr.lat / TILE_DEG), math.floor(tr.lon / TILE_DEG))
             tr.trail.append((t, tr.lat, tr.lon))
             self.vehicles[agent] = tr
-            self._claim_slot(tr)
-            self._vehicle_grid.add(tr.slot, tr.cell)
+            self.vehicle_grid.add(tr, tr.cell, tr.sector)
         else:
             tr.t_ns, tr.lat, tr.lon = t, state.lat, state.lon
             tr.speed, tr.heading, tr.accel = state.speed_mps, state.heading_deg, state.accel_mps2
             tr.yaw_rate_dps, tr.elevation, tr.brake = state.yaw_rate_dps, state.elevation_m, state.brake
             tr.length, tr.width = state.length_m or tr.length, state.width_m or tr.width
             tr.jumps = 0
-            tr.ue, tr.un = unit(tr.heading)
-            cell = cell_of(tr.lat, tr.lon)
-            if cell != tr.cell:
-                self._vehicle_grid.remove(tr.slot, tr.cell)
-                self._vehicle_grid.add(tr.slot, cell)
-                tr.cell = cell
+            cell = (math.floor(tr.lat / CELL_DEG), math.floor(tr.lon / CELL_DEG))
+            sector = int((tr.heading % 360.0) // SECTOR_DEG) % N_SECTORS
+            if cell != tr.cell or sector != tr.sector:
+                self.vehicle_grid.remove(tr, tr.cell, tr.sector)
+                self.vehicle_grid.add(tr, cell, sector)
+                tr.cell, tr.sector = cell, sector
+            tile_ij = (math.floor(tr.lat / TILE_DEG), math.floor(tr.lon / TILE_DEG))
+            if tile_ij != tr.tile_ij:
+                tr.tile_ij = tile_ij
                 tr.tile = tile_of(tr.lat, tr.lon)
             self._extend_trail(tr)
+        h = math.radians(tr.heading)
+        tr.ue, tr.un = math.sin(h), math.cos(h)  # as geometry.unit
+        tr.k = tr.curvature(self._max_curvature)
         self._update_braking(tr)
-        self._store(tr)
         return tr
-
-    def _claim_slot(self, tr: Track) -> None:
-        if self._free:
-            tr.slot = self._free.pop()
-            self._slots[tr.slot] = tr
-            return
-        tr.slot = len(self._slots)
-        self._slots.append(tr)
-        if tr.slot >= len(self.cols):
-            grown = np.zeros((max(256, 2 * len(self.cols)), N_COLS))
-            grown[: len(self.cols)] = self.cols
-            self.cols = grown
-        self.cols[tr.slot, C_LEADER] = -1.0
-        self.cols[tr.slot, C_OWNED] = 1.0
-
-    def _store(self, tr: Track) -> None:
-        if self._t0 is None:
-            self._t0 = tr.t_ns
-        row = self.cols[tr.slot]
-        row[C_LAT], row[C_LON], row[C_HEADING] = tr.lat, tr.lon, tr.heading
-        row[C_UE], row[C_UN], row[C_SPEED] = tr.ue, tr.un, tr.speed
-        row[C_T] = (tr.t_ns - self._t0) * 1e-9
-        row[C_BRAKING] = 1.0 if tr.braking_hard else 0.0
-        row[C_CURVATURE] = tr.curvature(self.config.path.max_curvature)
 
     def set_leader(self, tr: Track, leader: Track | None) -> None:
-        tr.leader = None if leader is None else leader.agent
-        self.cols[tr.slot, C_LEADER] = -1.0 if leader is None else float(leader.slot)
-
-    def set_owned(self, tr: Track, owned: bool) -> None:
-        self.cols[tr.slot, C_OWNED] = 1.0 if owned else 0.0
-
-    def track_at(self, slot: int) -> Track:
-        tr = self._slots[slot]
-        assert tr is not None
-        return tr
-
-    def around(self, x: Track, radius_m: float) -> Around | None:
-        """Every other fresh vehicle within ``radius_m`` of ``x``, as arrays (raw states)."""
-        slots = self._vehicle_grid.near(x.lat, x.lon, radius_m)
-        if len(slots) < 2:
-            return None
-        slots.remove(x.slot)
-        ix = np.array(slots, dtype=np.intp)
-        rows = self.cols[ix]
-        de = (rows[:, C_LON] - x.lon) * (M_PER_DEG * math.cos(math.radians(x.lat)))
-        dn = (rows[:, C_LAT] - x.lat) * M_PER_DEG
-        d2 = de * de + dn * dn
-        t = (x.t_ns - (self._t0 or 0)) * 1e-9
-        keep = (d2 <= radius_m * radius_m) & (
-            np.abs(rows[:, C_T] - t) <= self.config.freshness.max_age_ms * 1e-3)
-        if not keep.all():
-            if not keep.any():
-                return None
-            ix, rows, de, dn, d2 = ix[keep], rows[keep], de[keep], dn[keep], d2[keep]
-        diff = np.abs(rows[:, C_HEADING] - x.heading) % 360.0
-        diff = np.minimum(diff, 360.0 - diff)
-        return Around(ix, rows, de, dn, d2, diff)
+        old = tr.leader
+        if old is leader:
+            return
+        if old is not None:
+            old.followers.pop(tr, None)
+        if leader is not None:
+            leader.followers[tr] = None
+        tr.leader = leader
 
     def _extend_trail(self, tr: Track) -> None:
         p = self.config.path
@@ -343,25 +343,18 @@ class TrackTable:
         tr.braking_hard = held or flagged
 
     def _forget(self, tr: Track) -> None:
-        self._vehicle_grid.remove(tr.slot, tr.cell)
+        self.vehicle_grid.remove(tr, tr.cell, tr.sector)
         del self.vehicles[tr.agent]
-        self._slots[tr.slot] = None
-        self.cols[tr.slot] = 0.0
-        self.cols[tr.slot, C_T] = -1e18  # never fresh
-        self.cols[tr.slot, C_LEADER] = -1.0
-        leaders = self.cols[:, C_LEADER]
-        leaders[leaders == tr.slot] = -1.0
-        self._free.append(tr.slot)
+        self.set_leader(tr, None)
+        for f in tr.followers:
+            f.leader = None
+        tr.followers.clear()
 
     def vehicles_near(self, lat: float, lon: float, radius_m: float, t_ns: int) -> list[Track]:
         """Tracks within about ``radius_m`` whose state is fresh relative to ``t_ns``."""
         max_age = self.config.freshness.max_age_ms * 1e6
-        out = []
-        for slot in self._vehicle_grid.near(lat, lon, radius_m):
-            tr = self._slots[slot]
-            if tr is not None and abs(t_ns - tr.t_ns) <= max_age:
-                out.append(tr)
-        return out
+        return [tr for tr in self.vehicle_grid.near(lat, lon, radius_m)
+                if abs(t_ns - tr.t_ns) <= max_age]
 
     # roadside objects
 
@@ -412,13 +405,16 @@ class TrackTable:
         return kept
 
     def objects_near(self, lat: float, lon: float, radius_m: float, t_ns: int) -> list[ObjectTrack]:
+        """Fresh objects in the grid cells within about ``radius_m`` (as ``SpatialGrid.near``)."""
         max_age = self.config.freshness.max_age_ms * 1e6
-        out = []
-        for key in self._object_grid.near(lat, lon, radius_m):
-            ot = self.objects[key]
-            if abs(t_ns - ot.t_ns) <= max_age:
-                out.append(ot)
-        return out
+        if len(self.objects) > _SCAN_OBJECTS:
+            found: list[ObjectTrack] = [self.objects[k]
+                                        for k in self._object_grid.near(lat, lon, radius_m)]
+        else:  # few objects (the usual case): compare their cells instead of probing cells
+            i0, i1, j0, j1 = cell_span(lat, lon, radius_m)
+            found = [ot for ot in self.objects.values()
+                     if i0 <= ot.cell[0] <= i1 and j0 <= ot.cell[1] <= j1]
+        return [ot for ot in found if abs(t_ns - ot.t_ns) <= max_age]
 
     # housekeeping
 

@@ -39,8 +39,14 @@ def _v1(conn: Connection) -> None:
     schema.metadata.create_all(conn, tables=list(schema.V1_TABLES))
 
 
+def _v2(conn: Connection) -> None:
+    # checkfirst: a ``cvis hazards --db`` of an older cvis may have created the same table.
+    schema.metadata.create_all(conn, tables=list(schema.V2_TABLES))
+
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "agents, streams, segments, batches, quarantine, reject counts", _v1),
+    Migration(2, "hazard warnings", _v2),
 )
 LATEST = MIGRATIONS[-1].version
 

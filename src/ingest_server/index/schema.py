@@ -8,6 +8,9 @@
   batch on its channel in its segment, so a reader takes exactly the messages of indexed
   batches. Log times are server time (capture + offset); capture times are the agent's.
 * ``quarantine``: the newest refused messages (bounded); ``reject_counts``: totals by reason.
+* ``warnings`` (migration 2): every hazard warning sent (``new``, each ``update``, ``end``), one
+  row per message; an episode is the rows sharing ``episode``, and ``(episode, update_count)``
+  is unique (see :mod:`ingest_server.hazards.record`).
 
 Change the schema only through a new migration in :mod:`ingest_server.index.migrations`.
 """
@@ -18,6 +21,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Float,
     ForeignKey,
     Index,
     Integer,
@@ -120,5 +124,36 @@ reject_counts = Table(
     Column("count", BigInteger, nullable=False),
 )
 
+
+
+def warnings_table(meta: MetaData, name: str = "warnings") -> Table:
+    """The hazard warnings table (also under another name or schema, for tests and tools)."""
+    return Table(
+        name, meta,
+        Column("id", Id, primary_key=True, autoincrement=True),
+        Column("episode", BigInteger, nullable=False),
+        Column("update_count", Integer, nullable=False),
+        Column("status", String(8), nullable=False),
+        Column("type", String(8), nullable=False),
+        Column("severity", SmallInteger, nullable=False),
+        Column("target", String(64), nullable=False),
+        Column("counterparts", String(2600), nullable=False),
+        Column("ttc_s", Float, nullable=True),
+        Column("time_diff_s", Float, nullable=True),
+        Column("lat", Float, nullable=False),
+        Column("lon", Float, nullable=False),
+        Column("issued_ns", BigInteger, nullable=False),
+        Column("expires_ns", BigInteger, nullable=False),
+        Column("source_ns", BigInteger, nullable=False),
+        UniqueConstraint("episode", "update_count", name=f"uq_{name}_episode_update"),
+        Index(f"ix_{name}_issued", "issued_ns"),
+        Index(f"ix_{name}_target_issued", "target", "issued_ns"),
+    )
+
+
+warnings = warnings_table(metadata)
+
 #: Tables created by migration 1.
 V1_TABLES = (schema_version, agents, streams, segments, batches, quarantine, reject_counts)
+#: Tables created by migration 2.
+V2_TABLES = (warnings,)
