@@ -397,6 +397,11 @@ class GnssFixBuilder:
             out.extend(self._close())
         return out
 
+    @property
+    def pending(self) -> bool:
+        """True while an epoch is open: sentences were added whose fix is not emitted yet."""
+        return self._epoch is not None
+
     def flush(self) -> list[GnssFix]:
         """Close the open epoch (end of input) and return its fix, if it makes one."""
         return self._close()

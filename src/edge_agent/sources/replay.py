@@ -303,9 +303,12 @@ class GnssReplaySource(_ReplaySource):
             now["ns"] = base + log_ns
             demux.feed(chunk)
             self._emit_records(records(), fix_stream, sig_stream)
-            # The previous epoch is complete once this one's bytes are in.
-            if last_i >= first:
-                self.ctx.mark(fix_stream, self.name, (last_i, rest))
+            # Earlier epochs are complete once this one's bytes are in; this one too when the
+            # builder has already emitted its fix (it learns where the receiver's cycle ends).
+            # Marking an emitted epoch as done keeps a restart from sending its fix twice.
+            done = i if not builder.pending else last_i
+            if done >= first:
+                self.ctx.mark(fix_stream, self.name, (done, rest))
             last_i = i
             await self.ctx.ready()
         demux.feed_eof()
