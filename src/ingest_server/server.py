@@ -137,9 +137,29 @@ class Supervisor:
                             timeout)
                 p.kill()
                 p.wait()
+        # An ingest worker that was down (waiting out its restart backoff) or did not stop
+        # cleanly left its segment open: finish it now, so a stopped server leaves only
+        # complete MCAP files. Every worker has exited, so nothing else writes them.
+        unclean = [s.worker for s in self.slots if s.proc is None or s.proc.returncode != 0]
+        if unclean:
+            self._recover(unclean)
         for s in self._all():
             s.proc = None
         log.info("server: stopped")
+
+    def _recover(self, workers: list[int]) -> None:
+        from ingest_server.archive.recovery import recover_worker
+
+        cfg = self.config
+        index = Index.open(cfg.resolved_index_url, busy_timeout_s=cfg.index.busy_timeout_s,
+                           synchronous=cfg.index.sqlite_synchronous)
+        try:
+            for worker in workers:
+                n = recover_worker(cfg.data_dir, worker, index)
+                if n:
+                    log.info("server: finished %d segment(s) worker %d left open", n, worker)
+        finally:
+            index.close()
 
     def __enter__(self) -> Supervisor:
         return self.start()

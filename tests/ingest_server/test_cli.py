@@ -152,3 +152,41 @@ def test_server_restarts_a_killed_worker(tmp_path: Path, broker: ManagedBroker) 
         assert sup.slots[0].restarts == 1
     finally:
         sup.stop()
+
+
+def test_stopping_the_server_finishes_the_segment_of_a_worker_waiting_to_restart(
+    tmp_path: Path, broker: ManagedBroker, shared_data: Path
+) -> None:
+    import os
+
+    from ingest_server.archive.recovery import scan_segment
+    from ingest_server.index.queries import Index
+    from ingest_server.server import Supervisor
+
+    data = tmp_path / "d"
+    cfg = build_config({"data_dir": str(data), "broker": private_broker(broker), "workers": 1,
+                        "hazards": {"enabled": False}}, env={})
+    sup = Supervisor(cfg).start()
+    pub = AgentPublisher(broker.host, broker.port, "veh9",
+                         can_batches("veh9", can_frames(shared_data)[:3000])).start()
+    try:
+        assert pub.done.wait(60), f"{len(pub.acked)} of {len(pub.batches)} acked"
+        pid, = sup.pids()
+        assert pid is not None
+        os.kill(pid, signal.SIGKILL)  # its segment stays open; poll() is not called: no restart
+        while sup.slots[0].proc is not None and sup.slots[0].proc.poll() is None:
+            time.sleep(0.05)
+    finally:
+        pub.stop()
+        sup.stop()
+    index = Index.open(cfg.resolved_index_url, migrate=False)
+    try:
+        segments = index.segments()
+        assert segments and all(s.state != "open" for s in segments), segments
+        stored = index.count_batches()
+    finally:
+        index.close()
+    assert stored == len(pub.batches)
+    for path in data.glob("segments/*/*.mcap"):
+        _, truncated = scan_segment(path)
+        assert not truncated, f"{path} was left unfinished"
