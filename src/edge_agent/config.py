@@ -18,12 +18,12 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from edge_agent.campaigns.campaign import CampaignSpec
 from edge_agent.errors import ConfigError
+from wire.broker_url import BrokerAddress, parse_broker_url
 from wire.topics import check_agent, check_stream
 
 ENV_PREFIX = "CVIS_AGENT__"
@@ -69,28 +69,25 @@ class BrokerConfig(_Model):
     @field_validator("url")
     @classmethod
     def _check_url(cls, v: str) -> str:
-        parts = urlsplit(v)
-        if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
-            raise ValueError(f"broker URL {v!r} must start with mqtt:// or mqtts://")
-        if not parts.hostname:
-            raise ValueError(f"broker URL {v!r} has no host")
-        try:
-            parts.port  # noqa: B018  (raises on a bad port)
-        except ValueError as exc:
-            raise ValueError(f"broker URL {v!r}: {exc}") from None
+        parse_broker_url(v)
         return v
 
     @property
+    def address(self) -> BrokerAddress:
+        """Host, port and TLS; a client certificate means TLS whatever the scheme."""
+        return parse_broker_url(self.url, tls=self.tls_cert is not None)
+
+    @property
     def host(self) -> str:
-        return urlsplit(self.url).hostname or "127.0.0.1"
+        return self.address.host
 
     @property
     def tls(self) -> bool:
-        return urlsplit(self.url).scheme in ("mqtts", "ssl") or self.tls_cert is not None
+        return self.address.tls
 
     @property
     def port(self) -> int:
-        return urlsplit(self.url).port or (8883 if self.tls else 1883)
+        return self.address.port
 
 
 class SpoolConfig(_Model):

@@ -37,12 +37,12 @@ import tomllib
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
-from urllib.parse import urlsplit
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ingest_server.errors import ConfigError
 from ingest_server.hazards.config import HazardConfig
+from wire.broker_url import parse_broker_url
 from wire.limits import Limits
 from wire.topics import check_agent, check_tile
 
@@ -79,15 +79,7 @@ class BrokerConfig(_Model):
     @field_validator("url")
     @classmethod
     def _check_url(cls, v: str) -> str:
-        parts = urlsplit(v)
-        if parts.scheme not in ("mqtt", "mqtts", "tcp", "ssl"):
-            raise ValueError(f"broker URL {v!r} must start with mqtt:// or mqtts://")
-        if not parts.hostname:
-            raise ValueError(f"broker URL {v!r} has no host")
-        try:
-            parts.port  # noqa: B018  (raises on a bad port)
-        except ValueError as exc:
-            raise ValueError(f"broker URL {v!r}: {exc}") from None
+        parse_broker_url(v)
         return v
 
     @field_validator("share_group")
@@ -98,16 +90,15 @@ class BrokerConfig(_Model):
 
     @property
     def host(self) -> str:
-        return urlsplit(self.url).hostname or "127.0.0.1"
+        return parse_broker_url(self.url).host
 
     @property
     def port(self) -> int:
-        parts = urlsplit(self.url)
-        return parts.port or (8883 if parts.scheme in ("mqtts", "ssl") else 1883)
+        return parse_broker_url(self.url).port
 
     @property
     def tls(self) -> bool:
-        return urlsplit(self.url).scheme in ("mqtts", "ssl")
+        return parse_broker_url(self.url).tls
 
 
 class IngestConfig(_Model):

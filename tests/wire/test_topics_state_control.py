@@ -133,3 +133,17 @@ def test_ack_ranges_and_time_sync_offset() -> None:
     resp = TimeResponse(7, t1_ns=1_000, t2_ns=1_000 + 100 + 500, t3_ns=1_650)
     offset, delay = TimeResponse.decode(resp.encode()).offset_and_delay(t4_ns=1_650 - 500 + 100)
     assert (offset, delay) == (500, 200)
+
+
+def test_broker_urls() -> None:
+    from wire.broker_url import parse_broker_url
+
+    assert parse_broker_url("mqtt://10.0.0.5").url == "mqtt://10.0.0.5:1883"
+    assert parse_broker_url("mqtts://ingest.example").url == "mqtts://ingest.example:8883"
+    a = parse_broker_url("tcp://h:1884", tls=True)  # a client certificate forces TLS
+    assert (a.host, a.port, a.tls) == ("h", 1884, True)
+    assert parse_broker_url("localhost:1999", allow_bare=True).port == 1999
+    for bad, msg in [("localhost:1999", "must start with"), ("http://h", "must start with"),
+                     ("mqtt://", "has no host"), ("mqtt://h:99999", "out of range")]:
+        with pytest.raises(ValidationError, match=msg):
+            parse_broker_url(bad)

@@ -22,14 +22,14 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Protocol
-from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 
 from cvis.simulate.errors import SimulationConnectError, SimulationError
 from cvis.simulate.report import Received, Report, evaluate
 from cvis.simulate.world import Rsu, Vehicle, World
-from wire.errors import WireError
+from wire.broker_url import parse_broker_url as parse_url
+from wire.errors import ValidationError, WireError
 from wire.topics import PREFIX, TILE_DEG, live_topic, tile_of
 from wire.warning import HazardWarning, Status
 
@@ -114,16 +114,13 @@ def run_sync(world: World, engine: Engine, duration: float | None = None,
 
 
 def parse_broker_url(url: str) -> tuple[str, int]:
-    parts = urlsplit(url if "://" in url else f"mqtt://{url}")
-    if parts.scheme not in ("mqtt", "tcp"):
-        raise SimulationError(f"broker URL {url!r}: only mqtt://host:port is supported here")
-    if not parts.hostname:
-        raise SimulationError(f"broker URL {url!r} has no host")
     try:
-        port = parts.port or 1883
-    except ValueError as exc:
-        raise SimulationError(f"broker URL {url!r}: {exc}") from exc
-    return parts.hostname, port
+        address = parse_url(url, allow_bare=True)
+    except ValidationError as exc:
+        raise SimulationError(str(exc)) from exc
+    if address.tls:
+        raise SimulationError(f"broker URL {url!r}: only mqtt://host:port is supported here")
+    return address.host, address.port
 
 
 class _Publisher:

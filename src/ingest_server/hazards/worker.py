@@ -50,7 +50,6 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from types import TracebackType
 from typing import Any
-from urllib.parse import urlsplit
 
 import paho.mqtt.client as mqtt
 
@@ -58,6 +57,8 @@ from ingest_server.hazards.config import HazardConfig
 from ingest_server.hazards.engine import MAX_LIVE_BYTES, HazardEngine
 from ingest_server.hazards.errors import HazardConfigError, HazardConnectError
 from ingest_server.hazards.record import WarningRecorder
+from wire.broker_url import parse_broker_url as parse_url
+from wire.errors import ValidationError
 from wire.topics import check_tile, live_filter, tile_neighbours, warning_topic
 from wire.warning import HazardWarning
 
@@ -71,16 +72,11 @@ GATHER_S = 0.0005
 
 def parse_broker_url(url: str) -> tuple[str, int]:
     """``mqtt://host:port`` (port 1883 by default) or ``mqtts://`` (8883) -> (host, port)."""
-    parts = urlsplit(url if "://" in url else f"mqtt://{url}")
-    if parts.scheme not in ("mqtt", "tcp", "mqtts", "ssl"):
-        raise HazardConfigError(
-            f"broker URL {url!r}: the hazard worker speaks mqtt://host:port or mqtts://host:port")
-    if not parts.hostname:
-        raise HazardConfigError(f"broker URL {url!r} has no host")
     try:
-        return parts.hostname, parts.port or (8883 if parts.scheme in ("mqtts", "ssl") else 1883)
-    except ValueError as exc:
-        raise HazardConfigError(f"broker URL {url!r}: {exc}") from exc
+        address = parse_url(url, allow_bare=True)
+    except ValidationError as exc:
+        raise HazardConfigError(str(exc)) from exc
+    return address.host, address.port
 
 
 class HazardWorker:
@@ -137,7 +133,7 @@ class HazardWorker:
         self._client.reconnect_delay_set(1, 5)
         if username:
             self._client.username_pw_set(username, password)
-        if urlsplit(broker_url).scheme in ("mqtts", "ssl"):
+        if parse_url(broker_url, allow_bare=True).tls:
             self._client.tls_set(ca_certs=tls_ca, certfile=tls_cert, keyfile=tls_key,
                                  cert_reqs=ssl.CERT_REQUIRED)
 
