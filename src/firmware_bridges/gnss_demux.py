@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass
 
 from firmware_bridges.nmea import MAX_SENTENCE, NmeaSentence, Take, count_gap, take_sentence
-from firmware_bridges.parser import DEFAULT_MAX_BUFFER, NEED_DATA, NeedData, ParserStats
+from firmware_bridges.parser import DEFAULT_MAX_BUFFER, NEED_DATA, BufferedInput, NeedData, ParserStats
 from firmware_bridges.ubx import MAX_PAYLOAD, UbxMessage, claimed_end, take_frame
 
 log = logging.getLogger(__name__)
@@ -93,7 +93,7 @@ def take_rtcm3(buf: bytes | bytearray, start: int) -> tuple[Take, int, Rtcm3Fram
     return "frame", end, Rtcm3Frame(msg_type, length)
 
 
-class GnssDemux:
+class GnssDemux(BufferedInput):
     """Sans-IO splitter of a mixed NMEA/UBX/RTCM3 stream.
 
     ``next_event()`` returns NmeaSentence | UbxMessage | Rtcm3Frame | NEED_DATA.
@@ -101,6 +101,8 @@ class GnssDemux:
     ``buffer_overflows``); ``protocol_stats["nmea" | "ubx" | "rtcm3"]`` splits
     frames, bad checksums and truncations by protocol.
     """
+
+    protocol = "GNSS"
 
     def __init__(self, *, max_sentence: int = MAX_SENTENCE, max_payload: int = MAX_PAYLOAD,
                  max_buffer: int = DEFAULT_MAX_BUFFER) -> None:
@@ -111,33 +113,11 @@ class GnssDemux:
         self.protocol_stats = {p: ParserStats() for p in PROTOCOLS}
         self._max_sentence = max_sentence
         self._max_payload = max_payload
-        self._max_buffer = max_buffer
-        self._buf = bytearray()
-        self._pos = 0
+        self._init_buffer(max_buffer)
         self._rejected_end = 0  # end of the span claimed by the last rejected UBX/RTCM3 frame
-        self._eof = False
 
-    @property
-    def buffered(self) -> int:
-        return len(self._buf) - self._pos
-
-    def feed(self, data: bytes) -> None:
-        if not data:
-            return
-        self._eof = False
-        buf = self._buf
-        if self._pos:
-            del buf[: self._pos]
-            self._rejected_end -= self._pos
-            self._pos = 0
-        buf += data
-        excess = len(buf) - self._max_buffer
-        if excess > 0:
-            del buf[:excess]
-            self._rejected_end -= excess
-            self.stats.buffer_overflows += 1
-            self.stats.skipped_bytes += excess
-            log.warning("GNSS input buffer full: dropped %d oldest bytes", excess)
+    def _shifted(self, n: int) -> None:
+        self._rejected_end -= n
 
     def next_event(self) -> NmeaSentence | UbxMessage | Rtcm3Frame | NeedData:
         buf, stats = self._buf, self.stats

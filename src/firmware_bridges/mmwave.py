@@ -36,7 +36,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from firmware_bridges.parser import DEFAULT_MAX_BUFFER, NEED_DATA, NeedData, ParserStats
+from firmware_bridges.parser import DEFAULT_MAX_BUFFER, NEED_DATA, BufferedInput, NeedData, ParserStats
 from wire.schemas import RadarPoint
 
 log = logging.getLogger(__name__)
@@ -192,7 +192,7 @@ def decode_tlvs(buf: bytes | bytearray, start: int, end: int, num_obj: int, num_
     return points, side, types
 
 
-class MmwaveParser:
+class MmwaveParser(BufferedInput):
     """Sans-IO parser of TI mmWave demo output: ``next_event()`` -> MmwaveFrame | NEED_DATA.
 
     ``sensor`` names the radar in the records; ``clock_ns`` gives each packet's
@@ -200,6 +200,8 @@ class MmwaveParser:
     bytes held between calls (oldest dropped and counted in
     ``buffer_overflows`` when a caller feeds without draining).
     """
+
+    protocol = "mmWave"
 
     def __init__(self, sensor: str = "mmwave0", clock_ns: Callable[[], int] = time.time_ns, *,
                  max_packet: int = MAX_PACKET, max_buffer: int = DEFAULT_MAX_BUFFER) -> None:
@@ -213,30 +215,7 @@ class MmwaveParser:
         self.sensor = sensor
         self._clock_ns = clock_ns
         self._max_packet = max_packet
-        self._max_buffer = max_buffer
-        self._buf = bytearray()
-        self._pos = 0
-        self._eof = False
-
-    @property
-    def buffered(self) -> int:
-        return len(self._buf) - self._pos
-
-    def feed(self, data: bytes) -> None:
-        if not data:
-            return
-        self._eof = False
-        buf = self._buf
-        if self._pos:
-            del buf[: self._pos]
-            self._pos = 0
-        buf += data
-        excess = len(buf) - self._max_buffer
-        if excess > 0:
-            del buf[:excess]
-            self.stats.buffer_overflows += 1
-            self.stats.skipped_bytes += excess
-            log.warning("mmWave input buffer full: dropped %d oldest bytes", excess)
+        self._init_buffer(max_buffer)
 
     def next_event(self) -> MmwaveFrame | NeedData:
         buf, stats = self._buf, self.stats

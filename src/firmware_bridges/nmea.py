@@ -31,7 +31,7 @@ from typing import Any, Literal
 
 import pynmea2
 
-from firmware_bridges.parser import DEFAULT_MAX_BUFFER, NEED_DATA, NeedData, ParserStats
+from firmware_bridges.parser import DEFAULT_MAX_BUFFER, NEED_DATA, BufferedInput, NeedData, ParserStats
 from wire.schemas import FixQuality, GnssFix
 
 log = logging.getLogger(__name__)
@@ -150,7 +150,7 @@ def count_gap(stats: ParserStats, buf: bytes | bytearray, start: int, stop: int)
             b"\n", start, stop)
 
 
-class NmeaParser:
+class NmeaParser(BufferedInput):
     """Sans-IO NMEA 0183 framer: ``feed(bytes)``, then ``next_event()`` -> NmeaSentence | NEED_DATA.
 
     ``max_buffer`` bounds the bytes held between calls: a caller that feeds
@@ -161,6 +161,8 @@ class NmeaParser:
     resumes streaming.
     """
 
+    protocol = "NMEA"
+
     def __init__(self, *, max_sentence: int = MAX_SENTENCE, require_checksum: bool = True,
                  max_buffer: int = DEFAULT_MAX_BUFFER) -> None:
         if max_sentence < 8:
@@ -170,31 +172,7 @@ class NmeaParser:
         self.stats = ParserStats()
         self._max_sentence = max_sentence
         self._require_checksum = require_checksum
-        self._max_buffer = max_buffer
-        self._buf = bytearray()
-        self._pos = 0
-        self._eof = False
-
-    @property
-    def buffered(self) -> int:
-        """Bytes held and not yet consumed."""
-        return len(self._buf) - self._pos
-
-    def feed(self, data: bytes) -> None:
-        if not data:
-            return
-        self._eof = False
-        buf = self._buf
-        if self._pos:
-            del buf[: self._pos]
-            self._pos = 0
-        buf += data
-        excess = len(buf) - self._max_buffer
-        if excess > 0:
-            del buf[:excess]
-            self.stats.buffer_overflows += 1
-            self.stats.skipped_bytes += excess
-            log.warning("NMEA input buffer full: dropped %d oldest bytes", excess)
+        self._init_buffer(max_buffer)
 
     def next_event(self) -> NmeaSentence | NeedData:
         buf, stats = self._buf, self.stats

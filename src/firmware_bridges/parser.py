@@ -10,9 +10,12 @@ module imports serial, socket or can I/O.
 from __future__ import annotations
 
 import enum
+import logging
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from typing import Any, Protocol, TypeVar
+
+log = logging.getLogger(__name__)
 
 T_co = TypeVar("T_co", covariant=True)
 
@@ -56,6 +59,53 @@ class Parser(Protocol[T_co]):
     def feed(self, data: bytes) -> None: ...
 
     def next_event(self) -> T_co | NeedData: ...
+
+
+class BufferedInput:
+    """The bounded input buffer of a binary or line parser.
+
+    Unparsed bytes are ``_buf[_pos:]``. ``feed`` compacts what was consumed, appends, and when
+    more than ``max_buffer`` bytes are held (a caller feeding without draining) drops the oldest
+    ones, counting them in ``stats.buffer_overflows`` and ``stats.skipped_bytes``. A parser that
+    keeps offsets into the buffer overrides :meth:`_shifted` to move them.
+    """
+
+    #: Names the protocol in log lines.
+    protocol = "parser"
+    stats: ParserStats
+
+    def _init_buffer(self, max_buffer: int) -> None:
+        self._max_buffer = max_buffer
+        self._buf = bytearray()
+        self._pos = 0
+        self._eof = False
+
+    @property
+    def buffered(self) -> int:
+        """Bytes held and not yet consumed."""
+        return len(self._buf) - self._pos
+
+    def _shifted(self, n: int) -> None:
+        """``n`` bytes were removed from the front of the buffer."""
+
+    def feed(self, data: bytes) -> None:
+        if not data:
+            return
+        self._eof = False
+        buf = self._buf
+        if self._pos:
+            n = self._pos
+            del buf[:n]
+            self._pos = 0
+            self._shifted(n)
+        buf += data
+        excess = len(buf) - self._max_buffer
+        if excess > 0:
+            del buf[:excess]
+            self._shifted(excess)
+            self.stats.buffer_overflows += 1
+            self.stats.skipped_bytes += excess
+            log.warning("%s input buffer full: dropped %d oldest bytes", self.protocol, excess)
 
 
 def events(parser: Parser[T_co]) -> Iterator[T_co]:

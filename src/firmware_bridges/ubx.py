@@ -30,7 +30,7 @@ from pyubx2 import GET, UBXMessage
 from pyubx2.ubxtypes_core import UBX_MSGIDS
 
 from firmware_bridges.errors import FrameError
-from firmware_bridges.parser import DEFAULT_MAX_BUFFER, NEED_DATA, NeedData, ParserStats
+from firmware_bridges.parser import DEFAULT_MAX_BUFFER, NEED_DATA, BufferedInput, NeedData, ParserStats
 from wire.schemas import FixQuality, GnssFix, Signal
 
 log = logging.getLogger(__name__)
@@ -139,12 +139,14 @@ def _valid_within(buf: bytes | bytearray, start: int, limit: int) -> bool:
     return fletcher8(buf[start + 2 : end - 2]) == buf[end - 2 : end]
 
 
-class UbxParser:
+class UbxParser(BufferedInput):
     """Sans-IO UBX framer: ``feed(bytes)``, then ``next_event()`` -> UbxMessage | NEED_DATA.
 
     ``max_buffer`` bounds the bytes held between calls (oldest dropped and
     counted in ``buffer_overflows`` when a caller feeds without draining).
     """
+
+    protocol = "UBX"
 
     def __init__(self, *, max_payload: int = MAX_PAYLOAD,
                  max_buffer: int = DEFAULT_MAX_BUFFER) -> None:
@@ -155,33 +157,11 @@ class UbxParser:
                              f"({max_payload + HEADER_LEN + 2})")
         self.stats = ParserStats()
         self._max_payload = max_payload
-        self._max_buffer = max_buffer
-        self._buf = bytearray()
-        self._pos = 0
+        self._init_buffer(max_buffer)
         self._rejected_end = 0  # end of the span claimed by the last rejected frame
-        self._eof = False
 
-    @property
-    def buffered(self) -> int:
-        return len(self._buf) - self._pos
-
-    def feed(self, data: bytes) -> None:
-        if not data:
-            return
-        self._eof = False
-        buf = self._buf
-        if self._pos:
-            del buf[: self._pos]
-            self._rejected_end -= self._pos
-            self._pos = 0
-        buf += data
-        excess = len(buf) - self._max_buffer
-        if excess > 0:
-            del buf[:excess]
-            self._rejected_end -= excess
-            self.stats.buffer_overflows += 1
-            self.stats.skipped_bytes += excess
-            log.warning("UBX input buffer full: dropped %d oldest bytes", excess)
+    def _shifted(self, n: int) -> None:
+        self._rejected_end -= n
 
     def next_event(self) -> UbxMessage | NeedData:
         buf, stats = self._buf, self.stats
