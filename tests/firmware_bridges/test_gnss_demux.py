@@ -12,6 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from pyrtcm import RTCMReader
 from pyubx2 import NMEA_PROTOCOL, RTCM3_PROTOCOL, UBX_PROTOCOL, UBXReader
+from tests.firmware_bridges.mutation import mutate, mutations
 
 from firmware_bridges.gnss_demux import GnssDemux, Rtcm3Frame, crc24q, encode_rtcm3, take_rtcm3
 from firmware_bridges.nmea import NmeaParser, NmeaSentence, encode_sentence
@@ -226,36 +227,7 @@ def test_buffer_bound_and_misuse() -> None:
 
 # Hostile input --------------------------------------------------------------------------------
 
-_MUTATIONS = st.lists(
-    st.tuples(st.sampled_from(["flip", "drop", "dup", "insert"]), st.floats(0, 1),
-              st.integers(1, 60), st.binary(min_size=1, max_size=60)),
-    min_size=1, max_size=4,
-)
-
-
-def mutate(data: bytes, muts: list[tuple[str, float, int, bytes]]) -> tuple[bytes, int]:
-    """Apply mutations; return the result and the offset in it after which it is undamaged."""
-    out = bytearray(data)
-    clean_from = 0
-    for kind, where, n, blob in muts:
-        at = int(where * (len(out) - 1))
-        before = len(out)
-        if kind == "flip":
-            out[at] ^= blob[0] or 0xFF
-            damaged = at + 1
-        elif kind == "drop":
-            del out[at : at + n]
-            damaged = at + 1
-        elif kind == "dup":
-            out[at:at] = out[at : at + n]
-            damaged = at + 2 * n
-        else:
-            out[at:at] = blob
-            damaged = at + len(blob)
-        if clean_from > at:
-            clean_from += len(out) - before
-        clean_from = max(clean_from, damaged)
-    return bytes(out), min(clean_from, len(out))
+_MUTATIONS = mutations(60)
 
 
 @settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from tests.firmware_bridges.mutation import mutate, mutations
 
 from firmware_bridges.mmwave import (
     HEADER,
@@ -186,37 +187,14 @@ def test_radar_points_from_records() -> None:
     assert f.points == (RadarPoint(123, "front", 4, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0),)
 
 
-_MUTATIONS = st.lists(
-    st.tuples(st.sampled_from(["flip", "drop", "dup", "insert"]), st.floats(0, 1),
-              st.integers(1, 80), st.binary(min_size=1, max_size=80)),
-    min_size=1, max_size=4,
-)
+_MUTATIONS = mutations(80)
 
 
 @settings(max_examples=80, deadline=None)
 @given(muts=_MUTATIONS, seed=st.integers(0, 2**16))
 def test_mutated_stream_recovers_on_the_next_packet(muts: Any, seed: int) -> None:
     data, _ = stream(12, seed=3)
-    bad = bytearray(data)
-    clean_from = 0
-    for kind, where, n, blob in muts:
-        at = int(where * (len(bad) - 1))
-        before = len(bad)
-        if kind == "flip":
-            bad[at] ^= blob[0] or 0xFF
-            damaged = at + 1
-        elif kind == "drop":
-            del bad[at : at + n]
-            damaged = at + 1
-        elif kind == "dup":
-            bad[at:at] = bad[at : at + n]
-            damaged = at + 2 * n
-        else:
-            bad[at:at] = blob
-            damaged = at + len(blob)
-        if clean_from > at:
-            clean_from += len(bad) - before
-        clean_from = max(clean_from, damaged)
+    bad, clean_from = mutate(data, muts)
     rng = random.Random(seed)
     p = MmwaveParser(clock_ns=lambda: 1, max_packet=4096, max_buffer=8192)
     out: list[MmwaveFrame] = []
