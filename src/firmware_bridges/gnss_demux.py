@@ -140,6 +140,11 @@ class GnssDemux(BufferedInput):
             if first == 0xB5:
                 proto = "ubx"
                 outcome, pos, event = take_frame(buf, s, self._max_payload)
+                if outcome == "truncated":
+                    # take_frame resumes at the next whole UBX frame inside the span the cut
+                    # frame claimed; NMEA or RTCM3 frames before it would be lost, so rescan
+                    # right after this sync instead.
+                    pos = s + 2
             elif first == RTCM3_PREAMBLE:
                 proto = "rtcm3"
                 outcome, pos, event = take_rtcm3(buf, s)

@@ -214,6 +214,22 @@ def test_cut_ubx_frame_before_nmea_and_partial_frame_at_end() -> None:
     assert d.buffered == 0
 
 
+def test_rtcm3_and_nmea_inside_a_cut_ubx_frames_span_are_not_lost() -> None:
+    # Found by the mutation test in CI: a UBX length field damaged to claim a long span that
+    # holds an RTCM3 frame, an NMEA sentence and then a whole UBX frame. The UBX-only recovery
+    # jumped to that inner UBX frame and dropped the RTCM3 frame and the sentence before it.
+    gga = encode_sentence("GPGGA,030719.000,3747.0873,S,17518.8938,E,1,08,1.1,59.9,M,23.7,M,,")
+    ubx = encode_ubx(0x01, 0x07, bytes(range(92)))
+    cut = bytearray(ubx)
+    del cut[5:9]  # the length's high byte now comes from the payload: 0x0302 bytes claimed
+    tail = STATION + gga + ubx
+    assert 6 + (cut[4] | cut[5] << 8) + 2 > len(cut) + len(tail) - len(ubx)
+    got, d = demux_chunked(bytes(cut) + tail + bytes(800), [7])
+    assert got == [Rtcm3Frame(1005, len(STATION) - 6), *parse_all(NmeaParser(), gga),
+                   UbxMessage.decode(ubx)]
+    assert d.protocol_stats["ubx"].truncated == 1
+
+
 def test_buffer_bound_and_misuse() -> None:
     with pytest.raises(ValueError, match="max_buffer"):
         GnssDemux(max_buffer=100)
