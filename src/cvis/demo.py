@@ -2,7 +2,9 @@
 
 What runs, each as its own process (logs under ``DATA/logs/``):
 
-* a broker: Mosquitto, managed by :mod:`cvis.broker` (``DATA/broker/``);
+* a broker, managed by :mod:`cvis.broker` (``DATA/broker/``): Mosquitto if it is installed,
+  otherwise the embedded pure-Python amqtt broker (``--broker`` chooses). amqtt speaks MQTT
+  3.1.1 without shared subscriptions, so the server then runs one ingest worker instead of two;
 * ``cvis server`` with a SQLite index, its MCAP archive in ``DATA/archive/``;
 * per vehicle, two device simulators on ptys (``cvis simulate-device``): an SLCAN adapter
   replaying the RAV4 CAN log and a GNSS receiver replaying a gpsd NMEA log, both looping;
@@ -25,7 +27,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import shutil
 import signal
 import subprocess
 import sys
@@ -40,7 +41,14 @@ from typing import IO
 from rich.console import Console
 from rich.table import Table
 
-from cvis.broker import BrokerError, ManagedBroker
+from cvis.broker import (
+    BrokerError,
+    BrokerProcess,
+    EmbeddedBroker,
+    ManagedBroker,
+    embedded_broker_available,
+    mosquitto_executable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +89,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--agents", type=int, default=3, choices=range(1, len(NMEA_LOGS) + 1), metavar="N",
                    help=f"number of replaying vehicles (1-{len(NMEA_LOGS)}, default 3)")
     p.add_argument("--interval", type=float, default=5.0, help="seconds between status tables")
+    p.add_argument("--broker", choices=("auto", "mosquitto", "embedded"), default="auto",
+                   help="auto (default): Mosquitto if installed, else the embedded amqtt broker")
     p.set_defaults(func=run)
 
 
@@ -177,8 +187,9 @@ class Demo:
     data_dir: Path
     captures: Path
     agents: int
+    broker_kind: str = "auto"
     children: list[Child] = field(default_factory=list)
-    broker: ManagedBroker | None = None
+    broker: BrokerProcess | None = None
 
     def cvis(self, name: str, role: str, *args: str, stdout_pipe: bool = False) -> Child:
         """Start ``cvis ARGS`` as a child in its own session (our Ctrl-C is ours to forward)."""
@@ -197,16 +208,15 @@ class Demo:
         log.info("demo: started %s (pid %d): cvis %s", name, proc.pid, " ".join(args))
         return child
 
-    def start_broker(self) -> str:
-        if shutil.which("mosquitto") is None and not Path("/usr/sbin/mosquitto").exists():
-            raise DemoError(
-                "Mosquitto is not installed: run scripts/demo as root (it installs it with "
-                "apt-get) or 'sudo apt-get install mosquitto'"
-            )
-        exe = shutil.which("mosquitto") or "/usr/sbin/mosquitto"
-        self.broker = ManagedBroker(data_dir=self.data_dir / "broker", executable=exe)
+    def start_broker(self) -> BrokerProcess:
+        self.broker = choose_broker(self.broker_kind, self.data_dir / "broker")
         self.broker.start()
-        return self.broker.url
+        return self.broker
+
+    @property
+    def ingest_workers(self) -> int:
+        """Two workers on a shared subscription; one where the broker has none (amqtt)."""
+        return 2 if self.broker is None or self.broker.mqtt_version == "5" else 1
 
     def start_simulator(self, name: str, device: str, capture: Path) -> str:
         """A device simulator on a pty; returns the pty path it prints first."""
@@ -223,10 +233,11 @@ class Demo:
         return path
 
     def start(self) -> None:
-        broker_url = self.start_broker()
+        broker = self.start_broker()
+        broker_url = broker.url
         archive = self.data_dir / "archive"
         self.cvis("server", "server", "server", "--broker", broker_url, "--data-dir", str(archive),
-                  "--workers", "2")
+                  "--workers", str(self.ingest_workers), "--mqtt-version", broker.mqtt_version)
         for i in range(1, self.agents + 1):
             agent = f"demo-car-{i}"
             can_pty = self.start_simulator(f"{agent}-slcan", "slcan", self.captures / CAN_LOG)
@@ -249,6 +260,20 @@ class Demo:
 
     def dead_children(self) -> list[Child]:
         return [c for c in self.children if not c.alive()]
+
+
+def choose_broker(kind: str, data_dir: Path) -> BrokerProcess:
+    """The demo's broker: ``mosquitto``, ``embedded`` (amqtt) or ``auto`` (Mosquitto if installed)."""
+    exe = mosquitto_executable()
+    if kind == "mosquitto" or (kind == "auto" and exe is not None):
+        if exe is None:
+            raise DemoError("Mosquitto is not installed: 'sudo apt-get install mosquitto', or run "
+                            "the demo with --broker embedded")
+        return ManagedBroker(data_dir=data_dir, executable=exe)
+    if not embedded_broker_available():
+        raise DemoError("neither Mosquitto nor the embedded broker (Python package amqtt) is "
+                        "installed: 'sudo apt-get install mosquitto' or 'pip install amqtt'")
+    return EmbeddedBroker(data_dir=data_dir)
 
 
 def _read_line(stream: IO[bytes], timeout: float) -> str:
@@ -316,7 +341,7 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    demo = Demo(data_dir, captures, args.agents)
+    demo = Demo(data_dir, captures, args.agents, args.broker)
     started = time.time_ns()
     deadline = None if args.duration is None else time.monotonic() + args.duration
     index_url = f"sqlite:///{data_dir / 'archive' / 'index.sqlite'}"
@@ -325,8 +350,13 @@ def run(args: argparse.Namespace) -> int:
         console.print(f"cvis demo: data in {data_dir}, captures from {captures}")
         demo.start()
         assert demo.broker is not None
-        console.print(f"broker {demo.broker.url} (Mosquitto), server with 2 ingest workers, "
-                      f"{args.agents} agents; Ctrl-C stops")
+        if isinstance(demo.broker, EmbeddedBroker):
+            why = "Mosquitto is not installed" if args.broker == "auto" else "--broker embedded"
+            console.print(f"[yellow]{why}: using the embedded amqtt broker (MQTT 3.1.1, no shared "
+                          "subscriptions, so one ingest worker)[/yellow]")
+        workers = demo.ingest_workers
+        console.print(f"broker {demo.broker.url} ({demo.broker.name}), server with {workers} ingest "
+                      f"worker{'s' if workers > 1 else ''}, {args.agents} agents; Ctrl-C stops")
         while not stop.wait(min(args.interval, _remaining(deadline))):
             if deadline is not None and time.monotonic() >= deadline:
                 break

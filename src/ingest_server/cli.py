@@ -1,8 +1,9 @@
 """``cvis server`` and ``cvis archive ls|info|export``.
 
 ``cvis server [--config server.toml] [--broker URL] [--data-dir D] [--index URL] [--workers N]
-[--no-hazards]`` runs the ingest workers and the hazard workers (``[hazards]`` in the config;
-``--no-hazards`` turns them off) in the foreground until Ctrl-C or SIGTERM.
+[--mqtt-version 5|3.1.1] [--no-hazards]`` runs the ingest workers and the hazard workers
+(``[hazards]`` in the config; ``--no-hazards`` turns them off) in the foreground until Ctrl-C or
+SIGTERM.
 
 ``cvis archive ls|info|export --data-dir D [--index URL] [--agent A] [--stream S] [--from T]
 [--to T] [--json]`` queries an archive; ``T`` is ISO 8601 (``2018-08-02T16:34:47Z``, UTC when
@@ -35,6 +36,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--data-dir", type=Path, help="archive directory")
     p.add_argument("--index", help="index URL (default: SQLite in the data directory)")
     p.add_argument("--workers", type=int, help="ingest worker processes")
+    p.add_argument("--mqtt-version", choices=("5", "3.1.1"),
+                   help="MQTT protocol of the ingest workers (default 5; 3.1.1 has no shared "
+                        "subscriptions, so it runs one worker)")
     p.add_argument("--no-hazards", action="store_true",
                    help="run no hazard workers (default: as [hazards] in the config says)")
     p.set_defaults(func=run_server)
@@ -77,6 +81,8 @@ def run_server(args: argparse.Namespace) -> int:
         overrides["data_dir"] = str(args.data_dir)
     if args.index:
         overrides["index_url"] = args.index
+    if args.mqtt_version:
+        overrides.setdefault("broker", {})["mqtt_version"] = args.mqtt_version
     if args.workers:
         overrides["workers"] = args.workers
     if args.no_hazards:

@@ -38,7 +38,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from ingest_server.errors import ConfigError
 from ingest_server.hazards.config import HazardConfig
@@ -75,6 +75,11 @@ class BrokerConfig(_Model):
     session_expiry_s: int = Field(default=300, ge=0)
     #: MQTT 5 Receive Maximum: unacknowledged batches the broker may have in flight to one worker.
     receive_maximum: int = Field(default=2000, ge=1, le=65535)
+    #: MQTT protocol the workers speak. ``"5"`` (default) splits the batches between workers
+    #: with a shared subscription. ``"3.1.1"`` is for brokers without MQTT 5, such as the
+    #: embedded amqtt broker ``cvis demo`` falls back to: no shared subscriptions there, so
+    #: the server must run a single ingest worker (two would each receive every batch).
+    mqtt_version: Literal["5", "3.1.1"] = "5"
 
     @field_validator("url")
     @classmethod
@@ -221,6 +226,13 @@ class ServerConfig(_Model):
         if v is not None and not v.startswith(("sqlite", "postgresql")):
             raise ValueError(f"index URL {v!r}: only sqlite:// and postgresql+psycopg:// are supported")
         return v
+
+    @model_validator(mode="after")
+    def _check_workers(self) -> ServerConfig:
+        if self.broker.mqtt_version == "3.1.1" and self.workers > 1:
+            raise ValueError(f"workers: {self.workers} ingest workers need MQTT 5 shared "
+                             "subscriptions; with broker.mqtt_version = \"3.1.1\" run one worker")
+        return self
 
     @property
     def resolved_index_url(self) -> str:

@@ -4,7 +4,9 @@ One worker is one process (``python -m ingest_server.worker --config F --worker-
 by :mod:`ingest_server.server`). Its MQTT client (paho, MQTT 5, client id
 ``{prefix}-{N}``, ``clean_start=False`` with a session expiry) joins the shared subscription
 ``$share/ingest/cvis/v1/+/batch/#``, so N workers split the batches and a restarted worker
-gets back the QoS 1 messages queued for it meanwhile.
+gets back the QoS 1 messages queued for it meanwhile. With ``broker.mqtt_version = "3.1.1"``
+(brokers without MQTT 5, such as the embedded amqtt) the one worker subscribes to
+``cvis/v1/+/batch/#`` directly, on a persistent (``clean_session=False``) session.
 
 Flow and durability. The MQTT thread puts each message in a bounded inbox (messages and
 bytes); when it is full the MQTT thread waits, so TCP pushes back on the broker and memory
@@ -229,11 +231,14 @@ class IngestWorker:
             )
             self.client = self._make_client()
             b = cfg.broker
-            props = Properties(PacketTypes.CONNECT)
-            props.SessionExpiryInterval = b.session_expiry_s
-            props.ReceiveMaximum = b.receive_maximum
-            self.client.connect_async(b.host, b.port, keepalive=b.keepalive_s, clean_start=False,
-                                      properties=props)
+            if b.mqtt_version == "5":
+                props = Properties(PacketTypes.CONNECT)
+                props.SessionExpiryInterval = b.session_expiry_s
+                props.ReceiveMaximum = b.receive_maximum
+                self.client.connect_async(b.host, b.port, keepalive=b.keepalive_s,
+                                          clean_start=False, properties=props)
+            else:  # MQTT 3.1.1: the persistent session is asked for in the constructor
+                self.client.connect_async(b.host, b.port, keepalive=b.keepalive_s)
             self.client.loop_start()
         except BaseException:
             self.close(flush=False)
@@ -243,8 +248,13 @@ class IngestWorker:
 
     def _make_client(self) -> mqtt.Client:
         b = self.config.broker
-        c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"{b.client_id_prefix}-{self.worker}",
-                        protocol=mqtt.MQTTv5, manual_ack=True)
+        client_id = f"{b.client_id_prefix}-{self.worker}"
+        if b.mqtt_version == "5":
+            c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5,
+                            manual_ack=True)
+        else:
+            c = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=client_id,
+                            protocol=mqtt.MQTTv311, clean_session=False, manual_ack=True)
         if b.username:
             c.username_pw_set(b.username, b.password)
         if b.tls:
@@ -300,11 +310,17 @@ class IngestWorker:
             return
         with self._gen_lock:
             self._gen += 1
-        group = self.config.broker.share_group
-        subs = [(batch_filter(group), SubscribeOptions(qos=1))]
-        if self.config.ingest.time_sync:
-            subs.append((f"$share/{group}/{time_request_filter()}", SubscribeOptions(qos=0)))
-        client.subscribe(subs)
+        b = self.config.broker
+        if b.mqtt_version == "5":
+            subs = [(batch_filter(b.share_group), SubscribeOptions(qos=1))]
+            if self.config.ingest.time_sync:
+                subs.append((f"$share/{b.share_group}/{time_request_filter()}", SubscribeOptions(qos=0)))
+            client.subscribe(subs)
+        else:  # one worker, no shared subscription
+            subs311 = [(batch_filter(None), 1)]
+            if self.config.ingest.time_sync:
+                subs311.append((time_request_filter(), 0))
+            client.subscribe(subs311)
         self.connected.set()
         log.info("worker %d: connected to %s (session %s)", self.worker, self.config.broker.url,
                  "resumed" if flags.session_present else "new")

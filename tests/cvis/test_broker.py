@@ -13,7 +13,7 @@ from pathlib import Path
 import paho.mqtt.client as mqtt
 import pytest
 
-from cvis.broker import BrokerError, ManagedBroker, free_port, port_accepts
+from cvis.broker import BrokerError, EmbeddedBroker, ManagedBroker, free_port, port_accepts
 from wire import Batch, encode_batch, topics
 from wire.schemas import CAN_FRAMES, CanFrame
 
@@ -114,3 +114,43 @@ def test_session_broker_fixture_is_the_managed_broker(broker: ManagedBroker) -> 
     assert broker.port is not None
     _roundtrip_batch(broker.host, broker.port)
     time.sleep(0)  # nothing left running: the leak guard checks threads and children
+
+
+def test_embedded_broker_carries_a_batch_and_frees_the_port(tmp_path: Path) -> None:
+    b = EmbeddedBroker(data_dir=tmp_path)
+    with b:
+        assert b.mqtt_version == "3.1.1" and b.running()
+        port = b.port
+        assert port is not None
+        _roundtrip_batch(b.host, port)
+        b.kill()  # as a crash would
+        assert not b.running() and not port_accepts("127.0.0.1", port)
+        b.start()
+        assert b.port == port
+        _roundtrip_batch(b.host, port)
+    assert not port_accepts("127.0.0.1", port)
+    with pytest.raises(BrokerError, match="already in use"), ManagedBroker(data_dir=tmp_path / "m") as m:
+        EmbeddedBroker(m.port, tmp_path / "e").start()
+
+
+def test_cvis_broker_embedded_command(tmp_path: Path) -> None:
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cvis", "broker", "--embedded", "--port", str(port),
+         "--data-dir", str(tmp_path)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline()
+        assert f"mqtt://127.0.0.1:{port} (amqtt, MQTT 3.1.1" in line, line
+        _roundtrip_batch("127.0.0.1", port)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=15)
+    assert proc.returncode == 0, err
+    assert not port_accepts("127.0.0.1", port)
+    assert "listening on 127.0.0.1" in (tmp_path / "broker.log").read_text()
+    bad = subprocess.run([sys.executable, "-m", "cvis", "broker", "--embedded", "--acl-file", "x"],
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert bad.returncode == 2 and "--embedded takes no TLS, ACL or password" in bad.stdout

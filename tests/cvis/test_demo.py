@@ -1,4 +1,5 @@
-"""`cvis demo` end to end: real processes, real Mosquitto, real ptys, the shipped captures."""
+"""`cvis demo` end to end: real processes, real Mosquitto (or the embedded amqtt broker), real
+ptys, the shipped captures."""
 
 from __future__ import annotations
 
@@ -6,20 +7,31 @@ import subprocess
 import sys
 from pathlib import Path
 
-from cvis.demo import CAN_LOG, captures_dir
+import pytest
+
+from cvis import demo
+from cvis.broker import EmbeddedBroker, ManagedBroker
+from cvis.demo import CAN_LOG, DemoError, captures_dir, choose_broker
 from firmware_bridges.candump import read_candump
 from ingest_server.index.queries import Index
 
 
-def test_demo_archives_all_three_agents_and_exports_the_replayed_can_frames(tmp_path: Path) -> None:
+@pytest.mark.parametrize("broker", ["mosquitto", "embedded"])
+def test_demo_archives_all_three_agents_and_exports_the_replayed_can_frames(tmp_path: Path,
+                                                                             broker: str) -> None:
     data = tmp_path / "demo"
     proc = subprocess.run(
         [sys.executable, "-m", "cvis", "demo", "--data-dir", str(data), "--duration", "30",
-         "--interval", "10"],
+         "--interval", "10", "--broker", broker],
         capture_output=True, text=True, timeout=180, check=False,
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     assert "broker mqtt://127.0.0.1:" in proc.stdout and "archived after" in proc.stdout
+    if broker == "embedded":
+        assert "--broker embedded: using the embedded amqtt broker" in proc.stdout
+        assert "(amqtt), server with 1 ingest worker," in proc.stdout
+    else:
+        assert "(Mosquitto), server with 2 ingest workers," in proc.stdout
 
     index = Index.open(f"sqlite:///{data / 'archive' / 'index.sqlite'}", migrate=False)
     try:
@@ -44,3 +56,12 @@ def test_demo_archives_all_three_agents_and_exports_the_replayed_can_frames(tmp_
     source = [(f.arbitration_id, f.data) for f in read_candump(captures_dir(None) / CAN_LOG)
               if f.channel == "can0"]
     assert exported == (source * 2)[: len(exported)]
+
+
+def test_auto_falls_back_to_the_embedded_broker_only_without_mosquitto(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert isinstance(choose_broker("auto", tmp_path), ManagedBroker)  # this machine has Mosquitto
+    monkeypatch.setattr(demo, "mosquitto_executable", lambda: None)
+    assert isinstance(choose_broker("auto", tmp_path), EmbeddedBroker)
+    with pytest.raises(DemoError, match=r"Mosquitto is not installed.*--broker embedded"):
+        choose_broker("mosquitto", tmp_path)

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from cvis.broker import ManagedBroker
+from cvis.broker import BrokerProcess
 from ingest_server.config import ServerConfig, build_config
 from ingest_server.worker import IngestWorker
 
@@ -48,7 +48,7 @@ def index_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     return str(request.getfixturevalue("pg_url"))
 
 
-def private_broker(broker: ManagedBroker) -> dict[str, object]:
+def private_broker(broker: BrokerProcess) -> dict[str, object]:
     """Broker settings private to one test: the session broker keeps persistent sessions, and a
     stale worker session in the same share group would take its turn of every message."""
     tag = uuid.uuid4().hex[:8]
@@ -56,7 +56,7 @@ def private_broker(broker: ManagedBroker) -> dict[str, object]:
             "session_expiry_s": 5}
 
 
-def make_config(data_dir: Path, broker: ManagedBroker, index_url: str | None = None,
+def make_config(data_dir: Path, broker: BrokerProcess, index_url: str | None = None,
                 **overrides: object) -> ServerConfig:
     data: dict[str, object] = {"data_dir": str(data_dir), "broker": private_broker(broker)}
     if index_url:

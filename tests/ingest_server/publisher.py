@@ -147,7 +147,8 @@ class AgentPublisher:
     """Publishes batches at QoS 1 and keeps each until the server acks it."""
 
     def __init__(self, host: str, port: int, agent: str, batches: list[OutBatch], *,
-                 window: int = 64, ack_timeout: float = 3.0, rate: float | None = None) -> None:
+                 window: int = 64, ack_timeout: float = 3.0, rate: float | None = None,
+                 mqtt_version: str = "5") -> None:
         self.agent = agent
         self.host, self.port = host, port
         self.batches = batches
@@ -170,7 +171,7 @@ class AgentPublisher:
         self.done = threading.Event()
         self._thread: threading.Thread | None = None
         self.client = mqtt.Client(CallbackAPIVersion.VERSION2, client_id=f"test-agent-{agent}",
-                                  protocol=mqtt.MQTTv5)
+                                  protocol=mqtt.MQTTv5 if mqtt_version == "5" else mqtt.MQTTv311)
         self.client.max_inflight_messages_set(max(20, window))
         self.client.max_queued_messages_set(0)
         self.client.reconnect_delay_set(1, 2)
