@@ -95,6 +95,7 @@ class CanSource(Source):
         if o.adapter == "slcan" and not o.port:
             raise SourceError(f"source {name}: an SLCAN adapter needs 'port'")
         self.frames = CanFrames(self, o.stream or name, o)
+        self._close_sent = False  # the next SLCAN reply answers the "C" that starts configuration
 
     def streams(self) -> dict[str, TableSchema]:
         return self.frames.streams()
@@ -138,7 +139,11 @@ class CanSource(Source):
                         if isinstance(ev, CanFrame):
                             self.frames.handle(ev)
                         elif isinstance(ev, slcan.SlcanReply):
-                            if not ev.ok:
+                            first, self._close_sent = self._close_sent, False
+                            if not ev.ok and first:
+                                # The configuration starts with "C"; a closed adapter refuses it.
+                                log.debug("can %s: adapter was already closed", self.name)
+                            elif not ev.ok:
                                 self.stats.errors += 1
                                 log.warning("can %s: adapter refused a command (%s)", self.name, ev.text)
                         else:
@@ -160,6 +165,7 @@ class CanSource(Source):
         while True:
             if port.connected and port.stats.opens != configured:
                 try:
+                    self._close_sent = True
                     await port.write(cmds)
                 except BridgeError as exc:
                     log.warning("can %s: cannot configure the adapter: %s", self.name, exc)
