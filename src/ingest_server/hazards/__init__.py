@@ -9,18 +9,39 @@
 - :class:`HazardConfig`: thresholds and ranges (defaults meet the NHTSA FCW confirmation test).
 """
 
-from ingest_server.hazards.config import HazardConfig
-from ingest_server.hazards.engine import EngineStats, HazardEngine
-from ingest_server.hazards.errors import (
-    HazardConfigError,
-    HazardConnectError,
-    HazardError,
-    HazardStorageError,
-)
-from ingest_server.hazards.record import WarningRecorder
-from ingest_server.hazards.worker import HazardWorker
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from ingest_server.hazards.config import HazardConfig
+    from ingest_server.hazards.engine import EngineStats, HazardEngine
+    from ingest_server.hazards.errors import (
+        HazardConfigError,
+        HazardConnectError,
+        HazardError,
+        HazardStorageError,
+    )
+    from ingest_server.hazards.record import WarningRecorder
+    from ingest_server.hazards.worker import HazardWorker
+
+# Imported on first use: every cvis command (the agent too) loads the hazards CLI module, and
+# the recorder alone would pull in SQLAlchemy.
+_HOME = {
+    "HazardConfig": "config", "EngineStats": "engine", "HazardEngine": "engine",
+    "HazardConfigError": "errors", "HazardConnectError": "errors", "HazardError": "errors",
+    "HazardStorageError": "errors", "WarningRecorder": "record", "HazardWorker": "worker",
+}
 
 __all__ = [
     "EngineStats", "HazardConfig", "HazardConfigError", "HazardConnectError", "HazardEngine",
     "HazardError", "HazardStorageError", "HazardWorker", "WarningRecorder",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOME.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{home}"), name)

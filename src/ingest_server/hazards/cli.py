@@ -12,10 +12,7 @@ from pathlib import Path
 from types import FrameType
 
 from ingest_server.errors import IngestServerError
-from ingest_server.hazards.config import HazardConfig
 from ingest_server.hazards.errors import HazardError
-from ingest_server.hazards.record import WarningRecorder
-from ingest_server.hazards.worker import HazardWorker
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +34,11 @@ def register(sub: argparse._SubParsersAction) -> None:  # type: ignore[type-arg,
 
 
 def run(args: argparse.Namespace) -> int:
+    # Imported here, not at the top: every cvis command builds its parser from this module.
+    from ingest_server.hazards.config import HazardConfig
+    from ingest_server.hazards.record import WarningRecorder
+    from ingest_server.hazards.worker import HazardWorker
+
     try:
         config = HazardConfig.load_file(args.config) if args.config else HazardConfig()
         recorder = None
