@@ -4,6 +4,7 @@ child processes."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import threading
 import time
@@ -14,6 +15,7 @@ import pytest
 from hypothesis import settings
 
 from cvis.broker import ManagedBroker
+from tests.postgres import postgres_server
 
 ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = Path(os.environ.get("CVIS_SHARED_DATA", ROOT.parent / "shared" / "data"))
@@ -44,6 +46,17 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ManagedBroker]:
         yield b
     finally:
         b.cleanup()
+
+
+@pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A PostgreSQL server URL for the session (see tests/postgres.py for which one)."""
+    with contextlib.ExitStack() as stack:
+        try:
+            url = stack.enter_context(postgres_server())
+        except RuntimeError as exc:
+            pytest.fail(str(exc))
+        yield url
 
 
 @pytest.fixture

@@ -34,7 +34,6 @@ from typing import Any
 
 import paho.mqtt.client as mqtt
 import pytest
-import sqlalchemy as sa
 from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from mcap.records import Schema
 
@@ -51,9 +50,9 @@ from ingest_server.index.queries import Index
 from tests.conftest import ROOT
 from tests.edge_agent.captures import CAN_FRAMES_IN_LOG, CAN_LOG
 from tests.edge_agent.conftest import replay_cmd, wait_for
-from tests.ingest_server.conftest import PG_URL, pg_schema_url
 from tests.ingest_server.test_cli import cvis
 from tests.ingest_server.test_exactly_once import TcpProxy
+from tests.postgres import fresh_schema, schema_url
 from wire.control import Ack
 from wire.schemas import GnssFix
 
@@ -92,20 +91,9 @@ def index_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'index.sqlite'}"
         return
-    schema = f"cvis_e2e_{uuid.uuid4().hex[:12]}"
-    admin = sa.create_engine(PG_URL)
-    try:
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    except sa.exc.OperationalError as exc:
-        admin.dispose()
-        pytest.fail(f"PostgreSQL at {PG_URL} is not reachable: {exc}")
-    try:
-        yield pg_schema_url(schema)
-    finally:
-        with admin.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        admin.dispose()
+    server = request.getfixturevalue("postgres_url")
+    with fresh_schema(server, "cvis_e2e") as (_, schema):
+        yield schema_url(server, schema)
 
 
 # ---------------------------------------------------------------------------------------------

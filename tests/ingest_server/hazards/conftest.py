@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
 
-PG_ADMIN_URL = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+from tests.postgres import fresh_schema
 
 
 @pytest.fixture(params=["sqlite", "postgresql"])
@@ -20,17 +19,5 @@ def warnings_db(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[tupl
         yield engine, None
         engine.dispose()
         return
-    schema = f"cvis_hz_{uuid.uuid4().hex[:12]}"
-    engine = sa.create_engine(PG_ADMIN_URL)
-    try:
-        with engine.begin() as conn:
-            conn.execute(sa.text(f'CREATE SCHEMA "{schema}"'))
-    except sa.exc.OperationalError as exc:
-        engine.dispose()
-        pytest.fail(f"PostgreSQL at {PG_ADMIN_URL} is not reachable: {exc}")
-    try:
+    with fresh_schema(request.getfixturevalue("postgres_url"), "cvis_hz") as (engine, schema):
         yield engine, schema
-    finally:
-        with engine.begin() as conn:
-            conn.execute(sa.text(f'DROP SCHEMA "{schema}" CASCADE'))
-        engine.dispose()
