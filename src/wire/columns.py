@@ -1,7 +1,9 @@
 """Columnar tables: the in-memory and on-the-wire form of high-rate records.
 
 A :class:`Table` holds one numpy array per numeric field, a
-:class:`Categorical` per text field and a list per bytes/map field. On the
+:class:`Categorical` per text field and a list per bytes/map field (or, as
+decoded from a schema that sends payloads padded, a :class:`PaddedBytes`,
+which reads as a list of bytes). On the
 wire every integer column is narrowed to the smallest integer type that
 holds it (time columns after delta coding and division by their common
 step), floats keep their declared width, and text is dictionary coded. All of
@@ -10,9 +12,10 @@ it is lossless.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+import functools
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 
@@ -27,6 +30,12 @@ _NARROW = [np.dtype(t) for t in ("<i1", "<u1", "<i2", "<u2", "<i4", "<u4", "<i8"
 _NARROW_RANGES = [(dt, int(np.iinfo(dt).min), int(np.iinfo(dt).max)) for dt in _NARROW]
 _RANGES = {np.dtype(t): (int(np.iinfo(t).min), int(np.iinfo(t).max))
            for t in (np.int8, np.int16, np.int32, np.int64, np.uint8, np.uint16, np.uint32)}
+#: The narrow dtypes by the spelling pack_ints writes (``dtype.str``); other spellings are parsed.
+_NARROW_BY_STR = {dt.str: dt for dt in _NARROW}
+_INT64 = np.dtype(np.int64)
+#: (wire dtype, column dtype) pairs where every wire value fits the column: no range check.
+_WIDENING = frozenset((src, dst) for src in _NARROW for dst in _RANGES
+                      if _RANGES[dst][0] <= _RANGES[src][0] and _RANGES[src][1] <= _RANGES[dst][1])
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +64,85 @@ class Categorical:
 
     def take(self, idx: np.ndarray) -> Categorical:
         return Categorical(self.categories, self.codes[idx])
+
+
+class PaddedBytes(Sequence[bytes]):
+    """A bytes column held as a zero-padded ``uint8`` matrix (one row per value) and lengths.
+
+    It reads as a sequence of ``bytes`` (value ``i`` is ``matrix[i, :lengths[i]]``; bytes past
+    a length are ignored) and equals the list of the same values. The ``bytes`` objects are made
+    only when something reads them one by one; :meth:`joined` and :attr:`matrix` serve code
+    that wants the whole column at once.
+    """
+
+    __slots__ = ("_rows", "lengths", "matrix")
+
+    def __init__(self, matrix: np.ndarray, lengths: np.ndarray) -> None:
+        if matrix.ndim != 2 or matrix.dtype != np.uint8 or lengths.shape != (matrix.shape[0],):
+            raise ValueError("PaddedBytes needs an (n, width) uint8 matrix and n lengths")
+        if len(lengths) and (int(np.minimum.reduce(lengths)) < 0
+                             or int(np.maximum.reduce(lengths)) > matrix.shape[1]):
+            raise ValueError("PaddedBytes: a length is negative or exceeds the width")
+        self.matrix = matrix
+        self.lengths = lengths
+        self._rows: list[bytes] | None = None
+
+    def __len__(self) -> int:
+        return int(self.matrix.shape[0])
+
+    @overload
+    def __getitem__(self, index: int) -> bytes: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[bytes]: ...
+
+    def __getitem__(self, index: int | slice) -> bytes | list[bytes]:
+        return self.rows()[index]
+
+    def __iter__(self) -> Iterator[bytes]:
+        return iter(self.rows())
+
+    def __eq__(self, other: object) -> bool:
+        if isinstance(other, PaddedBytes):
+            return self.rows() == other.rows()
+        if isinstance(other, list):
+            return self.rows() == other
+        return NotImplemented
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"PaddedBytes({self.rows()!r})"
+
+    def rows(self) -> list[bytes]:
+        """The values as a list of ``bytes`` (made once, then kept)."""
+        if self._rows is None:
+            n, width = self.matrix.shape
+            buf = self.matrix.tobytes()
+            if width == 0:
+                self._rows = [b""] * n
+            elif n and int(self.lengths.min()) == width:
+                self._rows = [buf[i : i + width] for i in range(0, n * width, width)]
+            else:
+                self._rows = [buf[i * width : i * width + ln]
+                              for i, ln in enumerate(self.lengths.tolist())]
+        return self._rows
+
+    def joined(self) -> bytes:
+        """Every value, concatenated (``b"".join(self)`` without making the values)."""
+        n, width = self.matrix.shape
+        if n == 0 or width == 0:
+            return b""
+        if int(np.minimum.reduce(self.lengths)) == width:
+            return self.matrix.tobytes()
+        return self.matrix[_prefix_masks(width).take(self.lengths, axis=0)].tobytes()
+
+
+@functools.cache
+def _prefix_masks(width: int) -> np.ndarray:
+    """Row ``k``: the first ``k`` of ``width`` columns (``k`` = 0..width), as booleans."""
+    out: np.ndarray = np.arange(width) < np.arange(width + 1)[:, None]
+    return out
 
 
 # Integer packing -------------------------------------------------------------------------
@@ -93,44 +181,55 @@ def pack_ints(values: np.ndarray, *, delta: bool = False) -> dict[str, Any]:
 
 
 def unpack_ints(obj: Any, n: int, dtype: np.dtype, *, delta: bool, name: str) -> np.ndarray:
-    if not isinstance(obj, dict) or not isinstance(obj.get("t"), str) or not isinstance(
-        obj.get("b"), bytes
-    ):
+    if not isinstance(obj, dict):
         raise SchemaError(f"column {name!r}: expected packed integers")
-    try:
-        dt = np.dtype(obj["t"])
-    except TypeError as exc:
-        raise SchemaError(f"column {name!r}: bad dtype {obj['t']!r}") from exc
-    if dt not in _NARROW:
-        raise SchemaError(f"column {name!r}: dtype {obj['t']!r} not allowed")
+    t, b = obj.get("t"), obj.get("b")
+    if not isinstance(t, str) or not isinstance(b, bytes):
+        raise SchemaError(f"column {name!r}: expected packed integers")
+    dt = _NARROW_BY_STR.get(t)
+    if dt is None:  # another spelling of a dtype than the one pack_ints writes
+        try:
+            dt = np.dtype(t)
+        except TypeError as exc:
+            raise SchemaError(f"column {name!r}: bad dtype {t!r}") from exc
+        if dt not in _NARROW:
+            raise SchemaError(f"column {name!r}: dtype {t!r} not allowed")
     count = n - 1 if (delta and n > 0) else n
-    if len(obj["b"]) != count * dt.itemsize:
-        raise SchemaError(f"column {name!r}: {len(obj['b'])} bytes for {count} values of {dt}")
-    v = np.frombuffer(obj["b"], dtype=dt).astype(np.int64)
+    if len(b) != count * dt.itemsize:
+        raise SchemaError(f"column {name!r}: {len(b)} bytes for {count} values of {dt}")
+    target = np.dtype(dtype)
     if delta and n > 0:
         d0 = obj.get("d0")
         q = obj.get("q", 1)
         if not isinstance(d0, int) or not isinstance(q, int) or q < 1:
             raise SchemaError(f"column {name!r}: bad delta header")
+        v = np.empty(n, dtype=np.int64)
         try:
-            with np.errstate(over="ignore"):
-                head = np.array([d0], dtype=np.int64)
-                v = np.cumsum(np.concatenate([head, v * np.int64(q)]), dtype=np.int64)
+            v[0] = d0
+            step = np.int64(q)
         except OverflowError as exc:
             raise SchemaError(f"column {name!r}: delta header out of range") from exc
-    if dtype == np.bool_:
-        if len(v) and (v.min() < 0 or v.max() > 1):
-            raise SchemaError(f"column {name!r}: boolean out of range")
-        return v.astype(np.bool_)
-    lo, hi = _RANGES[np.dtype(dtype)]
-    if len(v) and (v.min() < lo or v.max() > hi):
-        raise SchemaError(f"column {name!r}: value out of range for {np.dtype(dtype)}")
-    return v.astype(dtype)
+        v[1:] = np.frombuffer(b, dtype=dt)
+        if q != 1:
+            rest = v[1:]
+            np.multiply(rest, step, out=rest)  # int64 arithmetic wraps, as the encoder's did
+        np.add.accumulate(v, out=v)
+        if target == _INT64:
+            return v
+    else:
+        v = np.frombuffer(b, dtype=dt)
+        if (dt, target) in _WIDENING:  # every value of dt fits: nothing to check
+            return v.astype(target)
+    lo, hi = (0, 1) if target == np.bool_ else _RANGES[target]
+    if len(v) and (int(np.minimum.reduce(v)) < lo or int(np.maximum.reduce(v)) > hi):
+        what = "boolean out of range" if target == np.bool_ else f"value out of range for {target}"
+        raise SchemaError(f"column {name!r}: {what}")
+    return v.astype(target)
 
 
 # Tables ----------------------------------------------------------------------------------
 
-Column = np.ndarray | Categorical | list
+Column = np.ndarray | Categorical | list | PaddedBytes
 
 
 class Table:

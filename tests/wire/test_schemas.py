@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from firmware_bridges.candump import read_candump
 from tests.wire.strategies import INT64, can_frames, records
 from wire import Batch, Limits, TimeQuality, encode_batch
-from wire.codec import Dictionaries, pack, train_dictionary
+from wire.codec import Dictionaries, pack, train_dictionary, unpack
+from wire.columns import PaddedBytes, pack_ints, unpack_ints
 from wire.errors import LimitError, SchemaError, ValidationError
 from wire.schemas import CAN_FRAMES, SCHEMAS, VEHICLE_SIGNALS, CanFrame, GnssFix, Signal
 
@@ -175,3 +176,57 @@ def test_columns_that_bypass_can_frame_checks_are_rejected_before_encoding() -> 
     too_big_id = {**good, "arbitration_id": [0x800, 0x101]}
     with pytest.raises(ValidationError, match="arbitration id 0x800 out of range"):
         encode_batch("a", "can", CAN_FRAMES.from_columns(**too_big_id), 1)
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.lists(can_frames(), max_size=60))
+def test_decoded_can_payloads_read_as_the_bytes_that_were_sent(frames: list[CanFrame]) -> None:
+    table = CAN_FRAMES.decode(unpack(pack(CAN_FRAMES.encode(CAN_FRAMES.table(frames)))), Limits())
+    data = table.columns["data"]
+    want = [f.data for f in frames]
+    assert isinstance(data, PaddedBytes)
+    assert data.joined() == b"".join(want)  # straight from the matrix, before any value is made
+    assert len(data) == len(want) and data == want and list(data) == want
+    if want:
+        assert data[0] == want[0] and data[-1] == want[-1] and data[1:] == want[1:]
+
+
+def test_padded_bytes_ignore_what_lies_past_each_length() -> None:
+    m = np.arange(12, dtype=np.uint8).reshape(3, 4)
+    col = PaddedBytes(m, np.array([4, 0, 2]))
+    assert col.joined() == bytes([0, 1, 2, 3, 8, 9])
+    assert col == [bytes([0, 1, 2, 3]), b"", bytes([8, 9])] == col.rows()
+    assert col == PaddedBytes(m.copy(), np.array([4, 0, 2])) and col != [b"", b"", b""]
+    with pytest.raises(ValueError, match="exceeds the width"):
+        PaddedBytes(m, np.array([5, 0, 0]))
+
+
+def test_a_bad_can_key_refuses_the_batch_only_if_a_frame_uses_it() -> None:
+    frames = [CanFrame.make(1, "can0", 0x100, b"\x01"), CanFrame.make(2, "can0", 0x101, b"\x02")]
+    obj = CAN_FRAMES.encode(CAN_FRAMES.table(frames))
+    obj["keys"]["id"] = pack_ints(np.array([0x100, 0x800]), delta=True)  # 0x800: not a standard id
+    with pytest.raises(SchemaError, match="frame 1: arbitration id 0x800 out of range"):
+        CAN_FRAMES.decode(obj, Limits())
+    obj["k"] = pack_ints(np.array([0, 0]))  # no frame uses the bad key any more
+    table = CAN_FRAMES.decode(obj, Limits())
+    assert table.columns["arbitration_id"].tolist() == [0x100, 0x100]  # type: ignore[union-attr]
+    assert table.columns["data"] == [b"\x01", b"\x03"]  # the second is now a difference from the first
+
+
+def test_packed_integers_take_any_spelling_of_an_allowed_dtype_and_check_ranges() -> None:
+    for spelling in ("|i1", "i1", "int8", "b"):
+        got = unpack_ints({"t": spelling, "b": b"\xff\x01"}, 2, np.dtype(np.int32), delta=False, name="c")
+        assert got.tolist() == [-1, 1] and got.dtype == np.int32
+    for bad in (">i2", "f8", "i4,i4", "nonsense"):
+        with pytest.raises(SchemaError, match="column 'c'"):
+            unpack_ints({"t": bad, "b": b"\x00\x01"}, 1, np.dtype(np.int32), delta=False, name="c")
+    with pytest.raises(SchemaError, match="out of range for uint8"):
+        unpack_ints({"t": "|i1", "b": b"\xff"}, 1, np.dtype(np.uint8), delta=False, name="c")
+    # Delta coded: int64 sums wrap like the encoder's; a header outside int64 is refused.
+    wrap = {"t": "|u1", "b": b"\x02", "d0": 2**63 - 1, "q": 1}
+    got = unpack_ints(wrap, 2, np.dtype(np.int64), delta=True, name="t")
+    assert got.tolist() == [2**63 - 1, -(2**63) + 1]
+    with pytest.raises(SchemaError, match="out of range for uint32"):
+        unpack_ints(wrap, 2, np.dtype(np.uint32), delta=True, name="t")
+    with pytest.raises(SchemaError, match="delta header out of range"):
+        unpack_ints({**wrap, "d0": 2**63}, 2, np.dtype(np.int64), delta=True, name="t")

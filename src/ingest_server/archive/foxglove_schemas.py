@@ -79,10 +79,10 @@ from google.protobuf import descriptor_pb2, descriptor_pool, message_factory
 from google.protobuf.message import DecodeError
 
 from ingest_server.errors import ArchiveError
-from wire.columns import Categorical, Table
+from wire.columns import Categorical, PaddedBytes, Table
 from wire.envelope import Batch
 from wire.errors import WireError
-from wire.schemas import CAN_FRAMES, SCHEMAS
+from wire.schemas import CAN_FRAMES, GNSS_FIX, SCHEMAS
 from wire.topics import TILE_DEG, tile_of
 
 CAN_SCHEMA_NAME = "cvis.CanFrames"
@@ -160,8 +160,14 @@ def encode_can_frames(batch: Batch, table: Table) -> bytes:
     cols = table.columns
     channel = cols["channel"]
     assert isinstance(channel, Categorical)
-    data: list[bytes] = cols["data"]  # type: ignore[assignment]
-    lengths = np.fromiter(map(len, data), dtype=np.uint8, count=table.n)
+    data = cols["data"]
+    if isinstance(data, PaddedBytes):  # as decoded from the wire: no bytes object per frame
+        lengths = data.lengths.astype(np.uint8)
+        payload = data.joined()
+    else:
+        assert isinstance(data, list)
+        lengths = np.fromiter(map(len, data), dtype=np.uint8, count=table.n)
+        payload = b"".join(data)
     msg = _CanFrames(
         agent=batch.agent,
         stream=batch.stream,
@@ -175,7 +181,7 @@ def encode_can_frames(batch: Batch, table: Table) -> bytes:
         flags=np.asarray(cols["flags"], dtype=np.uint8).tobytes(),
         dlc=np.asarray(cols["dlc"], dtype=np.uint8).tobytes(),
         length=lengths.tobytes(),
-        data=b"".join(data),
+        data=payload,
     )
     out: bytes = msg.SerializeToString()
     return out
@@ -310,11 +316,23 @@ def _camera(batch: Batch, table: Table) -> Messages:
     return out
 
 
+#: The gnss.fix/1 fields LocationFix has no place for: kept in its metadata, in field order.
+_GNSS_METADATA = tuple(c for c in GNSS_FIX.columns if c not in ("timestamp_ns", "lat", "lon"))
+
+
 def _gnss(batch: Batch, table: Table) -> Messages:
     off = batch.clock_offset_ns
+    cols: dict[str, list[Any]] = {c: table.columns[c].tolist()  # type: ignore[union-attr]
+                                  for c in GNSS_FIX.columns}
+    # Column by column, what _kv(record, skip=(timestamp_ns, lat, lon)) gives for each record:
+    # exact text, repr for floats and str for integers.
+    metadata = [[KeyValuePair(key=c, value=text)
+                 for text in map(repr if GNSS_FIX.columns[c] in ("f4", "f8") else str, cols[c])]
+                for c in _GNSS_METADATA]
     out = []
-    for rec in table.records():
-        h, v = rec.h_acc_m, rec.v_acc_m
+    for i, (ts, lat, lon, alt, h, v) in enumerate(zip(
+            cols["timestamp_ns"], cols["lat"], cols["lon"], cols["alt_m"], cols["h_acc_m"],
+            cols["v_acc_m"], strict=True)):
         if math.isfinite(h) and math.isfinite(v):
             cov = [h * h, 0.0, 0.0, 0.0, h * h, 0.0, 0.0, 0.0, v * v]
             kind = LocationFixPositionCovarianceType.DiagonalKnown
@@ -322,12 +340,11 @@ def _gnss(batch: Batch, table: Table) -> Messages:
             cov = [0.0] * 9
             kind = LocationFixPositionCovarianceType.Unknown
         msg = LocationFix(
-            timestamp=_stamp(rec.timestamp_ns), frame_id=batch.agent, latitude=rec.lat,
-            longitude=rec.lon, altitude=rec.alt_m if math.isfinite(rec.alt_m) else 0.0,
-            position_covariance=cov, position_covariance_type=kind,
-            metadata=_kv(rec, skip=("timestamp_ns", "lat", "lon")),
+            timestamp=_stamp(ts), frame_id=batch.agent, latitude=lat, longitude=lon,
+            altitude=alt if math.isfinite(alt) else 0.0, position_covariance=cov,
+            position_covariance_type=kind, metadata=[m[i] for m in metadata],
         )
-        out.append((msg.encode(), rec.timestamp_ns + off))
+        out.append((msg.encode(), ts + off))
     return out
 
 
@@ -394,19 +411,29 @@ def _signals(batch: Batch, table: Table) -> Messages:
     off = batch.clock_offset_ns
     names = table.columns["name"]
     assert isinstance(names, Categorical)
+    ts = table.columns["timestamp_ns"]
+    values = table.columns["value"]
+    assert isinstance(ts, np.ndarray) and isinstance(values, np.ndarray)
+    n = table.n
+    if not n:
+        return []
     # JSON text built directly (a batch holds hundreds of samples): names are JSON-quoted once,
     # a finite float's repr is valid JSON, anything else is null.
-    keys = [json.dumps(n) for n in names.categories]
-    groups: dict[int, list[str]] = {}
-    for ts, code, value in zip(table.columns["timestamp_ns"].tolist(),  # type: ignore[union-attr]
-                               names.codes.tolist(), table.columns["value"].tolist(),  # type: ignore[union-attr]
-                               strict=True):
-        text = repr(value) if math.isfinite(value) else "null"
-        groups.setdefault(ts, []).append(f"{keys[code]}:{text}")
-    return [
-        (f'{{"capture_ns":{ts},"values":{{{",".join(vals)}}}}}'.encode(), ts + off)
-        for ts, vals in groups.items()
-    ]
+    keys = [json.dumps(name) + ":" for name in names.categories]
+    texts = list(map(repr, values.tolist()))
+    for i in np.flatnonzero(~np.isfinite(values)).tolist():
+        texts[i] = "null"
+    pairs = list(map(str.__add__, map(keys.__getitem__, names.codes.tolist()), texts))
+    if n > 1 and not bool((ts[1:] >= ts[:-1]).all()):  # out of order: group by first appearance
+        groups: dict[int, list[str]] = {}
+        for t, pair in zip(ts.tolist(), pairs, strict=True):
+            groups.setdefault(t, []).append(pair)
+        runs = [(t, ",".join(p)) for t, p in groups.items()]
+    else:  # samples in time order (the usual case): one message per run of equal times
+        cuts = [0, *(np.flatnonzero(ts[1:] != ts[:-1]) + 1).tolist(), n]
+        runs = [(t, ",".join(pairs[a:b]))
+                for t, a, b in zip(ts[cuts[:-1]].tolist(), cuts[:-1], cuts[1:], strict=True)]
+    return [(f'{{"capture_ns":{t},"values":{{{text}}}}}'.encode(), t + off) for t, text in runs]
 
 
 def _records(batch: Batch, table: Table) -> Messages:

@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from wire.columns import Categorical, Table, TableSchema, pack_ints, unpack_ints
+from wire.columns import Categorical, PaddedBytes, Table, TableSchema, pack_ints, unpack_ints
 from wire.errors import LimitError, SchemaError, ValidationError
 from wire.limits import Limits
 
@@ -216,42 +216,41 @@ class CanFramesSchema(TableSchema):
             ts = unpack_ints(obj["t"], n, np.dtype(np.int64), delta=True, name="timestamp_ns")
             width = obj["w"]
             planes = obj["d"]
-            if n and (codes.min() < 0 or codes.max() >= nk):
+            if n and (int(codes.min()) < 0 or int(codes.max()) >= nk):
                 raise SchemaError("can.frames/1: key code out of range")
             flags = (unpack_ints(obj["fl"], n, np.dtype(np.uint8), delta=False, name="flags")
-                     if "fl" in obj else k_fl[codes])
+                     if "fl" in obj else k_fl.take(codes))
             dlc = (unpack_ints(obj["dlc"], n, np.dtype(np.uint8), delta=False, name="dlc")
-                   if "dlc" in obj else k_dlc[codes])
+                   if "dlc" in obj else k_dlc.take(codes))
         except (KeyError, TypeError) as exc:
             raise SchemaError(f"can.frames/1: malformed payload ({exc!r})") from exc
-        if nk and (k_ch.min() < 0 or k_ch.max() >= len(cats)):
+        if nk and (int(k_ch.min()) < 0 or int(k_ch.max()) >= len(cats)):
             raise SchemaError("can.frames/1: channel code out of range")
         if not isinstance(width, int) or not 0 <= width <= 64:
             raise SchemaError(f"can.frames/1: bad payload width {width!r}")
         if not isinstance(planes, bytes) or len(planes) != n * width:
             raise SchemaError("can.frames/1: payload bytes do not match width x frames")
-        ids = k_id[codes]
-        ch_codes = k_ch[codes]
-        lengths = _lengths(flags, dlc)
-        problem = _frame_problem(ids, flags, dlc, lengths, None)
-        if problem:
-            raise SchemaError(f"can.frames/1: {problem}")
-        if n and int(lengths.max()) > width:
-            raise SchemaError("can.frames/1: DLC longer than the payload width")
-        if n and not np.array_equal(_group_key(ch_codes, flags, ids), _group_key(k_ch, k_fl, k_id)[codes]):
-            raise SchemaError("can.frames/1: per-frame flags contradict the key table")
-        order = np.argsort(codes, kind="stable")
-        d = np.frombuffer(planes, dtype=np.uint8).reshape(width, n).T
-        ks = codes[order]
-        csum = np.cumsum(d, axis=0, dtype=np.uint8)
-        starts = np.ones(n, dtype=bool)
-        starts[1:] = ks[1:] != ks[:-1]
-        first = np.maximum.accumulate(np.where(starts, np.arange(n), 0))
-        base = np.zeros_like(csum)
-        has_prev = first > 0
-        base[has_prev] = csum[first[has_prev] - 1]
-        m = np.empty_like(csum)
-        m[order] = csum - base
+        ids = k_id.take(codes)
+        ch_codes = k_ch.take(codes)
+        lengths = None
+        if "fl" not in obj and "dlc" not in obj:
+            # Every per-frame column is taken from the key table: checking the keys checks the
+            # frames. If a key fails, the frames are checked one by one below (a key no frame
+            # uses is no reason to refuse the batch, and the message names the first bad frame).
+            k_len = _lengths(k_fl, k_dlc)
+            if _frame_problem(k_id, k_fl, k_dlc, k_len, None) is None and (
+                    not nk or int(k_len.max()) <= width):
+                lengths = k_len.take(codes)
+        if lengths is None:
+            lengths = _lengths(flags, dlc)
+            problem = _frame_problem(ids, flags, dlc, lengths, None)
+            if problem:
+                raise SchemaError(f"can.frames/1: {problem}")
+            if n and int(lengths.max()) > width:
+                raise SchemaError("can.frames/1: DLC longer than the payload width")
+            if n and not np.array_equal(_group_key(ch_codes, flags, ids),
+                                        _group_key(k_ch, k_fl, k_id)[codes]):
+                raise SchemaError("can.frames/1: per-frame flags contradict the key table")
         return Table(
             self,
             {
@@ -260,9 +259,31 @@ class CanFramesSchema(TableSchema):
                 "arbitration_id": ids,
                 "flags": flags,
                 "dlc": dlc,
-                "data": _unpad(m, lengths),
+                "data": PaddedBytes(_undelta(planes, codes, nk, width), lengths),
             },
         )
+
+
+def _undelta(planes: bytes, codes: np.ndarray, nk: int, width: int) -> np.ndarray:
+    """The (frames, width) payload matrix from the byte planes of per-key differences.
+
+    The planes hold the frames sorted stably by key code; within a key, each row is the
+    difference (mod 256) from the previous row. A running sum over all rows minus its value
+    just before the key's first row gives the rows back; they are then put in frame order.
+    """
+    n = len(codes)
+    if n == 0:
+        return np.zeros((0, width), dtype=np.uint8)
+    order = np.argsort(codes.astype(np.int16) if nk <= 32768 else codes, kind="stable")
+    counts = np.bincount(codes, minlength=nk)
+    starts = np.add.accumulate(counts) - counts  # each key's first row in sorted order
+    csum = np.zeros((n + 1, width), dtype=np.uint8)  # row r + 1: sum of sorted rows 0..r
+    np.add.accumulate(np.frombuffer(planes, dtype=np.uint8).reshape(width, n).T, axis=0,
+                      out=csum[1:])
+    rank = np.empty(n, dtype=np.intp)  # frame i is sorted row rank[i] - 1
+    rank[order] = np.arange(1, n + 1)
+    out: np.ndarray = csum.take(rank, axis=0) - csum.take(starts.take(codes), axis=0)
+    return out
 
 
 def _frame_problem(
@@ -275,7 +296,7 @@ def _frame_problem(
         return f"DLC {int(dlc.max())} out of range 0-15"
     if int(flags.max()) > _ALL_FLAGS:
         return f"unknown flag bits 0x{int(flags.max()):X}"
-    bad = np.flatnonzero(ids > np.where(flags & EXTENDED, 0x1FFFFFFF, 0x7FF))
+    bad = np.flatnonzero(ids > _MAX_ID.take(flags & EXTENDED))
     if len(bad):
         return f"frame {bad[0]}: arbitration id 0x{int(ids[bad[0]]):X} out of range"
     if actual is not None:
@@ -286,11 +307,23 @@ def _frame_problem(
     return None
 
 
-def _lengths(flags: np.ndarray, dlc: np.ndarray) -> np.ndarray:
-    """Payload length of each frame, from its DLC and flags."""
+def _length_formula(flags: np.ndarray, dlc: np.ndarray) -> np.ndarray:
     fd_len = np.asarray(FD_LENGTHS, dtype=np.int64)[np.minimum(dlc, 15)]
     classic = np.minimum(dlc, 8).astype(np.int64)
     return np.where(flags & FD, fd_len, np.where(flags & REMOTE, 0, classic))
+
+
+#: Payload length by ``(flags & (FD | REMOTE)) << 8 | dlc``, for every uint8 DLC.
+_LENGTH_TABLE = _length_formula(np.arange((FD | REMOTE) + 1)[:, None], np.arange(256)).ravel()
+#: Highest arbitration id by the EXTENDED flag bit.
+_MAX_ID = np.array([0x7FF, 0x1FFFFFFF], dtype=np.uint32)
+
+
+def _lengths(flags: np.ndarray, dlc: np.ndarray) -> np.ndarray:
+    """Payload length of each frame, from its DLC and flags."""
+    if dlc.dtype != np.uint8:  # not a column of a can.frames/1 table
+        return _length_formula(flags, dlc)
+    return _LENGTH_TABLE.take(((flags & (FD | REMOTE)).astype(np.intp) << 8) | dlc)
 
 
 def _packed_count(obj: Any) -> int:
@@ -318,16 +351,6 @@ def _pad(data: list[bytes], lengths: np.ndarray, width: int) -> np.ndarray:
     m = np.zeros((n, width), dtype=np.uint8)
     m[np.arange(width) < lengths[:, None]] = flat
     return m
-
-
-def _unpad(m: np.ndarray, lengths: np.ndarray) -> list[bytes]:
-    n, width = m.shape
-    buf = m.tobytes()
-    if width == 0:
-        return [b""] * n
-    if n and int(lengths.min()) == width:
-        return [buf[i : i + width] for i in range(0, n * width, width)]
-    return [buf[i * width : i * width + ln] for i, ln in enumerate(lengths.tolist())]
 
 
 CAN_FRAMES = CanFramesSchema()
