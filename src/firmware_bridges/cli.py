@@ -26,6 +26,7 @@ import signal
 import sys
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
+from importlib import resources
 from pathlib import Path
 from typing import IO, Any, Protocol
 
@@ -80,7 +81,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     s.add_argument("device", choices=("gnss", "radar", "slcan"))
     s.add_argument("--log", type=Path, default=None,
                    help="gnss: raw NMEA/UBX capture; slcan: candump -L log "
-                   "(default: a real capture from the shared data)")
+                   "(default: a real capture shipped with cvis)")
     s.add_argument("--speed", type=float, default=1.0, help="time scale: 2 = twice as fast")
     s.add_argument("--loop", action="store_true", help="start the log again when it ends")
     s.add_argument("--link", type=Path, default=None,
@@ -476,6 +477,11 @@ def shared_data_dir() -> Path | None:
 
 
 def _default_log(rel: Path) -> Path:
+    """The capture a simulator replays without ``--log``: the copy shipped for ``cvis demo``
+    (so it works on any machine), else the shared data."""
+    shipped = Path(str(resources.files("cvis") / "demo_captures" / rel.name))
+    if shipped.is_file():
+        return shipped
     base = shared_data_dir()
     if base is None or not (base / rel).is_file():
         raise ConfigError(f"no default capture {rel} (set CVIS_SHARED_DATA or pass --log)")
