@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import sqlite3
 import threading
+from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
@@ -112,3 +114,22 @@ def test_quarantine_is_bounded_in_the_index(index_url: str) -> None:
         assert ix.reject_totals() == {"bad_envelope": 8, "limit": 4}
     finally:
         ix.close()
+
+
+def test_a_known_stream_is_found_without_a_write_transaction(tmp_path: Path) -> None:
+    """A restarted worker looks up every stream again: that must not queue behind writers."""
+    url = f"sqlite:///{tmp_path / 'index.sqlite'}"
+    first = Index.open(url)
+    ref = first.stream("veh1", "can0", "can.frames/1", "cvis/v1/veh1/batch/can0")
+    first.close()
+    again = Index.open(url, busy_timeout_s=0.2)
+    writer = sqlite3.connect(tmp_path / "index.sqlite", isolation_level=None)
+    try:
+        writer.execute("BEGIN IMMEDIATE")  # another worker's flush holds the write lock
+        assert again.stream("veh1", "can0", "can.frames/1", "cvis/v1/veh1/batch/can0") == ref
+        with pytest.raises(IndexStoreError, match="cannot register stream veh1/gnss"):
+            again.stream("veh1", "gnss", "gnss.fix/1", "cvis/v1/veh1/batch/gnss")
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+        again.close()

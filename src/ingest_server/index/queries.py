@@ -141,7 +141,17 @@ class Index:
         if ref is not None:
             return ref
         now = time.time_ns()
+        find = (sa.select(streams.c.id, streams.c.schema, streams.c.topic)
+                .join(agents, agents.c.id == streams.c.agent_id)
+                .where(agents.c.name == agent, streams.c.name == stream))
         try:
+            # Known streams (every stream after a worker restart) need no write transaction.
+            with self.engine.connect() as conn:
+                row = conn.execute(find).one_or_none()
+            if row is not None:
+                ref = StreamRef(int(row.id), agent, stream, row.schema, row.topic)
+                self._streams[(agent, stream)] = ref
+                return ref
             with self._write() as conn, conn.begin():
                 conn.execute(self._insert(agents).values(name=agent, created_ns=now)
                              .on_conflict_do_nothing(index_elements=["name"]))
