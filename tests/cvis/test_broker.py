@@ -59,19 +59,24 @@ def _roundtrip_batch(host: str, port: int) -> Batch:
     return back
 
 
-def test_cvis_broker_command_starts_carries_a_batch_and_frees_the_port(tmp_path: Path) -> None:
+@pytest.mark.parametrize("embedded", [False, True], ids=["mosquitto", "amqtt"])
+def test_cvis_broker_command_starts_carries_a_batch_and_frees_the_port(tmp_path: Path,
+                                                                       embedded: bool) -> None:
     port = free_port()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "cvis", "broker", "--port", str(port), "--data-dir", str(tmp_path)],
+        [sys.executable, "-m", "cvis", "broker", "--port", str(port), "--data-dir", str(tmp_path),
+         *(["--embedded"] if embedded else [])],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )
     try:
         assert proc.stdout is not None
         line = proc.stdout.readline()
-        assert f"mqtt://127.0.0.1:{port}" in line, line
-        conf = (tmp_path / "mosquitto.conf").read_text()
-        assert f"listener {port} 127.0.0.1" in conf
-        assert "max_queued_messages 100000" in conf and "max_packet_size" in conf
+        name = "amqtt, MQTT 3.1.1" if embedded else "Mosquitto, MQTT 5"
+        assert f"mqtt://127.0.0.1:{port} ({name};" in line, line
+        if not embedded:
+            conf = (tmp_path / "mosquitto.conf").read_text()
+            assert f"listener {port} 127.0.0.1" in conf
+            assert "max_queued_messages 100000" in conf and "max_packet_size" in conf
         _roundtrip_batch("127.0.0.1", port)
     finally:
         proc.send_signal(signal.SIGINT)
@@ -79,6 +84,14 @@ def test_cvis_broker_command_starts_carries_a_batch_and_frees_the_port(tmp_path:
     assert proc.returncode == 0, err
     assert not port_accepts("127.0.0.1", port)
     assert "stopped" in err
+    if embedded:
+        assert "listening on 127.0.0.1" in (tmp_path / "broker.log").read_text()
+
+
+def test_cvis_broker_embedded_refuses_mosquitto_only_options() -> None:
+    bad = subprocess.run([sys.executable, "-m", "cvis", "broker", "--embedded", "--acl-file", "x"],
+                         capture_output=True, text=True, timeout=60, check=False)
+    assert bad.returncode == 2 and "--embedded takes no TLS, ACL or password" in bad.stdout
 
 
 def test_managed_broker_restarts_on_the_same_port_and_keeps_persistence(tmp_path: Path) -> None:
@@ -131,26 +144,3 @@ def test_embedded_broker_carries_a_batch_and_frees_the_port(tmp_path: Path) -> N
     assert not port_accepts("127.0.0.1", port)
     with pytest.raises(BrokerError, match="already in use"), ManagedBroker(data_dir=tmp_path / "m") as m:
         EmbeddedBroker(m.port, tmp_path / "e").start()
-
-
-def test_cvis_broker_embedded_command(tmp_path: Path) -> None:
-    port = free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "cvis", "broker", "--embedded", "--port", str(port),
-         "--data-dir", str(tmp_path)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-    )
-    try:
-        assert proc.stdout is not None
-        line = proc.stdout.readline()
-        assert f"mqtt://127.0.0.1:{port} (amqtt, MQTT 3.1.1" in line, line
-        _roundtrip_batch("127.0.0.1", port)
-    finally:
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=15)
-    assert proc.returncode == 0, err
-    assert not port_accepts("127.0.0.1", port)
-    assert "listening on 127.0.0.1" in (tmp_path / "broker.log").read_text()
-    bad = subprocess.run([sys.executable, "-m", "cvis", "broker", "--embedded", "--acl-file", "x"],
-                         capture_output=True, text=True, timeout=60, check=False)
-    assert bad.returncode == 2 and "--embedded takes no TLS, ACL or password" in bad.stdout
