@@ -23,7 +23,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from edge_agent.campaigns.campaign import CampaignSpec
 from edge_agent.errors import ConfigError
+from wire import config_layers
 from wire.broker_url import BrokerAddress, parse_broker_url
+from wire.errors import ValidationError as WireValidationError
 from wire.topics import check_agent, check_stream
 
 ENV_PREFIX = "CVIS_AGENT__"
@@ -261,35 +263,10 @@ def format_validation_error(exc: ValidationError, prefix: str = "") -> str:
 
 def env_overrides(environ: Mapping[str, str]) -> dict[str, Any]:
     """``CVIS_AGENT__SPOOL__BUDGET_MB=512`` -> ``{"spool": {"budget_mb": 512}}``."""
-    out: dict[str, Any] = {}
-    for key, raw in environ.items():
-        if not key.startswith(ENV_PREFIX):
-            continue
-        path = [p.lower() for p in key[len(ENV_PREFIX):].split("__")]
-        if not all(path):
-            raise ConfigError(f"environment variable {key}: empty key level")
-        try:
-            value: Any = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            value = raw
-        node = out
-        for p in path[:-1]:
-            nxt = node.setdefault(p, {})
-            if not isinstance(nxt, dict):
-                raise ConfigError(f"environment variable {key}: {p!r} is not a table")
-            node = nxt
-        node[path[-1]] = value
-    return out
-
-
-def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v)
-        else:
-            out[k] = v
-    return out
+    try:
+        return config_layers.env_overrides(environ, ENV_PREFIX)
+    except WireValidationError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def loads_config(
@@ -304,7 +281,7 @@ def loads_config(
 
 
 def config_from_dict(data: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> AgentConfig:
-    merged = _merge(dict(data), env_overrides(os.environ if environ is None else environ))
+    merged = config_layers.merge(data, env_overrides(os.environ if environ is None else environ))
     try:
         cfg = AgentConfig.model_validate(merged)
     except ValidationError as exc:

@@ -42,7 +42,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ingest_server.errors import ConfigError
 from ingest_server.hazards.config import HazardConfig
+from wire import config_layers
 from wire.broker_url import parse_broker_url
+from wire.errors import ValidationError as WireValidationError
 from wire.limits import Limits
 from wire.topics import check_agent, check_tile
 
@@ -239,37 +241,6 @@ class ServerConfig(_Model):
         return self.index_url or f"sqlite:///{(self.data_dir / 'index.sqlite').resolve()}"
 
 
-def _env_overrides(env: Mapping[str, str]) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, raw in env.items():
-        if not key.startswith(ENV_PREFIX):
-            continue
-        path = [p.lower() for p in key[len(ENV_PREFIX):].split("__") if p]
-        if not path:
-            continue
-        try:
-            value: Any = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            value = raw
-        node = out
-        for part in path[:-1]:
-            node = node.setdefault(part, {})
-            if not isinstance(node, dict):
-                raise ConfigError(f"environment {key}: {'.'.join(path)} is not a table")
-        node[path[-1]] = value
-    return out
-
-
-def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
-    out = dict(base)
-    for k, v in over.items():
-        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
-            out[k] = _merge(out[k], v)
-        else:
-            out[k] = v
-    return out
-
-
 def _format(exc: ValidationError) -> str:
     parts = []
     for err in exc.errors():
@@ -285,8 +256,11 @@ def build_config(
     overrides: Mapping[str, Any] | None = None,
 ) -> ServerConfig:
     """Validate ``data`` (a parsed TOML document) with environment and command-line overrides."""
-    merged = _merge(dict(data or {}), _env_overrides(os.environ if env is None else env))
-    merged = _merge(merged, overrides or {})
+    try:
+        from_env = config_layers.env_overrides(os.environ if env is None else env, ENV_PREFIX)
+    except WireValidationError as exc:
+        raise ConfigError(f"server config: {exc}") from None
+    merged = config_layers.merge(config_layers.merge(data or {}, from_env), overrides or {})
     try:
         return ServerConfig.model_validate(merged)
     except ValidationError as exc:
