@@ -29,7 +29,24 @@ from wire.schemas import CAN_FRAMES, RADAR_OBJECTS, VEHICLE_SIGNALS, CanFrame
 log = logging.getLogger(__name__)
 
 
-class CanOptions(SourceOptions):
+class CanDecodingOptions(SourceOptions):
+    """What becomes of the frames, for a live CAN source and a candump replay alike."""
+
+    #: Stream of raw frames (default: the source's name).
+    stream: str | None = None
+    dbc: Path | None = None
+    #: "MESSAGE.SIGNAL" or "MESSAGE" -> highest rate in Hz (0 = every frame); default every signal.
+    signals: dict[str, float] | None = None
+    #: Buses the DBC describes (a DBC belongs to one bus); default every channel.
+    dbc_channels: list[str] | None = None
+    signals_stream: str = "signals"
+    #: A radar object list on CAN (Toyota TRACK_A/B, toyota_adas.dbc), and the buses it is on.
+    radar_dbc: Path | None = None
+    radar_channels: list[str] | None = None
+    radar_stream: str = "radar.objects"
+
+
+class CanOptions(CanDecodingOptions):
     adapter: Literal["python-can", "slcan"] = "python-can"
     #: python-can interface (socketcan, virtual, pcan, ...) and channel (can0).
     interface: str = "socketcan"
@@ -39,19 +56,12 @@ class CanOptions(SourceOptions):
     baudrate: int = Field(default=115200, gt=0)
     #: CAN bit rate (SLCAN sets it; python-can passes it to the interface).
     bitrate: int | None = Field(default=500_000, gt=0)
-    stream: str | None = None
-    dbc: Path | None = None
-    signals: dict[str, float] | None = None
-    dbc_channels: list[str] | None = None
-    signals_stream: str = "signals"
-    radar_dbc: Path | None = None
-    radar_stream: str = "radar.objects"
 
 
 class CanFrames:
     """What a CAN source does with each frame: raw, decoded signals, radar tracks."""
 
-    def __init__(self, source: Source, raw_stream: str, o: Any) -> None:
+    def __init__(self, source: Source, raw_stream: str, o: CanDecodingOptions) -> None:
         from firmware_bridges.can_signals import SignalDecoder, load_dbc
 
         self.source = source
@@ -66,7 +76,8 @@ class CanFrames:
             if o.radar_dbc is not None:
                 from firmware_bridges.can_objects import ToyotaTrackDecoder
 
-                self.tracks = ToyotaTrackDecoder(load_dbc(o.radar_dbc), sensor=source.name)
+                self.tracks = ToyotaTrackDecoder(load_dbc(o.radar_dbc), sensor=source.name,
+                                                 channels=o.radar_channels)
         except BridgeError as exc:
             raise SourceError(f"source {source.name}: {exc}") from exc
 

@@ -33,9 +33,10 @@ from pydantic import Field, field_validator
 
 from edge_agent.errors import SourceError
 from edge_agent.sources.base import Source, SourceContext, SourceOptions
+from edge_agent.sources.can import CanDecodingOptions, CanFrames
 from firmware_bridges.errors import BridgeError
 from wire.columns import TableSchema
-from wire.schemas import CAN_FRAMES, GNSS_FIX, RADAR_OBJECTS, VEHICLE_SIGNALS, CanFrame, GnssFix, Signal
+from wire.schemas import GNSS_FIX, VEHICLE_SIGNALS, CanFrame, GnssFix, Signal
 
 log = logging.getLogger(__name__)
 
@@ -102,19 +103,8 @@ class _ReplaySource(Source):
         return Position(ident, -1, self.ctx.replay_base_ns, 0), 0
 
 
-class CanReplayOptions(_ReplayOptions):
-    #: Stream of raw frames (default: the source's name).
-    stream: str | None = None
-    dbc: Path | None = None
-    #: "MESSAGE.SIGNAL" or "MESSAGE" -> highest rate in Hz (0 = every frame); default every signal.
-    signals: dict[str, float] | None = None
-    #: Buses the DBC describes (a DBC belongs to one bus); default every channel.
-    dbc_channels: list[str] | None = None
-    signals_stream: str = "signals"
-    #: A radar object list on CAN (Toyota TRACK_A/B, toyota_adas.dbc).
-    radar_dbc: Path | None = None
-    radar_channels: list[str] | None = None
-    radar_stream: str = "radar.objects"
+class CanReplayOptions(_ReplayOptions, CanDecodingOptions):
+    pass
 
 
 class CanReplaySource(_ReplaySource):
@@ -125,30 +115,10 @@ class CanReplaySource(_ReplaySource):
     def __init__(self, name: str, options: Any, ctx: SourceContext) -> None:
         super().__init__(name, options, ctx)
         o: CanReplayOptions = options
-        self.raw_stream = o.stream or name
-        self._decoder: Any = None
-        self._tracks: Any = None
-        from firmware_bridges.can_signals import SignalDecoder, load_dbc
-
-        try:
-            if o.dbc is not None:
-                self._decoder = SignalDecoder(load_dbc(o.dbc), o.signals, channels=o.dbc_channels)
-            if o.radar_dbc is not None:
-                from firmware_bridges.can_objects import ToyotaTrackDecoder
-
-                self._tracks = ToyotaTrackDecoder(load_dbc(o.radar_dbc), sensor=name,
-                                                  channels=o.radar_channels)
-        except BridgeError as exc:
-            raise SourceError(f"source {name}: {exc}") from exc
+        self.frames = CanFrames(self, o.stream or name, o)
 
     def streams(self) -> dict[str, TableSchema]:
-        o: CanReplayOptions = self.options  # type: ignore[assignment]
-        out: dict[str, TableSchema] = {self.raw_stream: CAN_FRAMES}
-        if self._decoder is not None:
-            out[o.signals_stream] = VEHICLE_SIGNALS
-        if self._tracks is not None:
-            out[o.radar_stream] = RADAR_OBJECTS
-        return out
+        return self.frames.streams()
 
     async def run(self) -> None:
         from firmware_bridges.candump import CandumpParser, read_candump
@@ -156,8 +126,8 @@ class CanReplaySource(_ReplaySource):
         o: CanReplayOptions = self.options  # type: ignore[assignment]
         pos, first = await self._start(o.path)
         parser = CandumpParser()
-        raw, sig_stream, radar_stream = self.raw_stream, o.signals_stream, o.radar_stream
-        decoder, tracks = self._decoder, self._tracks
+        raw, sig_stream, radar_stream = self.frames.raw_stream, o.signals_stream, o.radar_stream
+        decoder, tracks = self.frames.decoder, self.frames.tracks
         emit, emit_many, mark, ready = self.emit, self.emit_many, self.ctx.mark, self.ctx.ready
         name, base = self.name, pos.base_ns
         rest = ""
