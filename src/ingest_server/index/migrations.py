@@ -11,6 +11,7 @@ so several workers may start at once. A later issue adds a migration by appendin
 from __future__ import annotations
 
 import logging
+import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -61,8 +62,8 @@ def create_engine(url: str, *, busy_timeout_s: float = 30.0, synchronous: str = 
             def _on_connect(dbapi_conn: Any, record: Any) -> None:
                 dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
                 cur = dbapi_conn.cursor()
-                cur.execute("PRAGMA journal_mode=WAL")
                 cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
+                _set_wal(cur, busy_timeout_s)
                 cur.execute(f"PRAGMA synchronous={synchronous}")
                 cur.execute("PRAGMA foreign_keys=ON")
                 cur.close()
@@ -76,6 +77,21 @@ def create_engine(url: str, *, busy_timeout_s: float = 30.0, synchronous: str = 
         return sa.create_engine(url, pool_pre_ping=True)
     except (sa.exc.ArgumentError, sa.exc.NoSuchModuleError, ImportError) as exc:
         raise IndexStoreError(f"index URL {url!r}: {exc}") from exc
+
+
+def _set_wal(cur: Any, timeout_s: float) -> None:
+    """Switch a new database to WAL. Several processes opening a fresh index at once can get
+    "database is locked" here at once, without SQLite's busy handler waiting (the switch
+    needs an exclusive lock); so wait for it ourselves, as long as the busy timeout."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.01)
 
 
 def write_conn(engine: Engine) -> Any:
